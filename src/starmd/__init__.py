@@ -1,0 +1,3 @@
+"""starmd: STAR-MD (Shoghi et al., ICLR 2026) as a reproducible Snakemake pipeline."""
+
+__version__ = "0.1.0"
