@@ -1,0 +1,8 @@
+"""The STAR-MD network (issue 4): FrameEncoder -> [IPA -> S x T attention -> transition -> EdgeTransition ->
+backbone update] x n_blocks, block-causal training mask and a singles-only KV cache for rollout."""
+
+from starmd.model.attention import block_causal_frame_mask, block_causal_mask
+from starmd.model.cache import KVCache
+from starmd.model.network import StarMD
+
+__all__ = ["StarMD", "KVCache", "block_causal_mask", "block_causal_frame_mask"]

@@ -1,0 +1,157 @@
+"""StarMD: the spatio-temporal denoiser. Training runs one block-causal pass over L context + L target frames;
+rollout denoises one frame at a time against a KVCache (`init_cache`, `step`, `append`).
+
+Both paths go through `_denoise`, so a context frame appended to the cache computes exactly what the full forward
+computes for it, and `step` for target l equals the full forward's target l (the cache-equivalence contract).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from starmd.geometry import Rigid
+from starmd.model.attention import block_causal_mask, residue_attention_mask
+from starmd.model.blocks import DiffusionBlock
+from starmd.model.cache import KVCache
+from starmd.model.frame_encoder import FrameEncoder
+from starmd.model.primitives import Linear
+
+# Rigids enter in Angstrom; the trunk works in nm, as AF2's structure module does, so IPA point distances are O(1).
+_NM_PER_ANGSTROM = 0.1
+
+
+class StarMD(nn.Module):
+    """STAR-MD network. Constructor kwargs (except c_s_in/c_z_in, read from the features file) = config `model`."""
+
+    def __init__(self, *, c_s_in: int, c_z_in: int, c_s: int = 96, c_z: int = 48, n_blocks: int = 4,
+                 n_heads: int = 4, c_hidden: int = 24, no_heads_ipa: int = 4, c_hidden_ipa: int = 16,
+                 no_qk_points: int = 4, no_v_points: int = 8, transition_n: int = 2, c_time: int = 32,
+                 c_phys_time: int = 16, n_rbf: int = 16, rbf_max: float = 20.0, neighbour_radius: float = 8.0) -> None:
+        super().__init__()
+        self.c_s_in, self.c_z_in, self.n_blocks = c_s_in, c_z_in, n_blocks
+        self.single_in = nn.Sequential(nn.LayerNorm(c_s_in), Linear(c_s_in, c_s))
+        self.pair_in = nn.Sequential(nn.LayerNorm(c_z_in), Linear(c_z_in, c_z))
+        self.frame_encoder = FrameEncoder(c_s, c_z, c_time, c_phys_time, n_rbf, rbf_max, neighbour_radius)
+        self.blocks = nn.ModuleList(
+            DiffusionBlock(c_s, c_z, no_heads_ipa, c_hidden_ipa, no_qk_points, no_v_points, n_heads, c_hidden,
+                           transition_n, update_pair=i < n_blocks - 1)
+            for i in range(n_blocks)
+        )
+
+    # --- shared trunk -------------------------------------------------------------------------------------------
+    def _embed_static(self, single: torch.Tensor, pair: torch.Tensor, res_mask: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frozen features [B, N, c_s_in], [B, N, N, c_z_in] -> [B, N, c_s], [B, N, N, c_z] (once per protein)."""
+        b, n = res_mask.shape
+        if single.shape != (b, n, self.c_s_in):
+            raise ValueError(f"single features must be [B, N, c_s_in] = {(b, n, self.c_s_in)}, got {tuple(single.shape)}")
+        if pair.shape != (b, n, n, self.c_z_in):
+            raise ValueError(f"pair features must be [B, N, N, c_z_in] = {(b, n, n, self.c_z_in)}, "
+                             f"got {tuple(pair.shape)}")
+        return self.single_in(single), self.pair_in(pair)
+
+    def _denoise(self, s0: torch.Tensor, z0: torch.Tensor, frames: Rigid, t: torch.Tensor,
+                 frame_time_ps: torch.Tensor, delta_t_ps: torch.Tensor, res_mask: torch.Tensor,
+                 attn_mask: torch.Tensor, past: KVCache | None
+                 ) -> tuple[Rigid, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """F frames through the trunk. frames Rigid [B, F, N] (A), t / frame_time_ps [B, F], attn_mask
+        [B, 1, F N, T_past + F N]. Returns x0 prediction Rigid [B, F, N] (A), singles [B, F, N, c_s] and the
+        per-block S x T keys/values [B, H, F N, C] of these frames."""
+        _check_times(t, frame_time_ps, delta_t_ps)
+        s, z = self.frame_encoder(s0, z0, frames, t, frame_time_ps, delta_t_ps, res_mask)
+        rigids = frames.scale_translation(_NM_PER_ANGSTROM)
+        kvs = []
+        for i, block in enumerate(self.blocks):
+            s, z, rigids, kv = block(s, z, rigids, res_mask, attn_mask, None if past is None else past.layer(i))
+            kvs.append(kv)
+        return rigids.scale_translation(1.0 / _NM_PER_ANGSTROM), s, kvs
+
+    # --- training -----------------------------------------------------------------------------------------------
+    def forward(self, single: torch.Tensor, pair: torch.Tensor, ctx: Rigid, ctx_t: torch.Tensor, tgt: Rigid,
+                tgt_t: torch.Tensor, frame_time_ps: torch.Tensor, delta_t_ps: torch.Tensor, res_mask: torch.Tensor,
+                window: int | None = None) -> dict:
+        """Block-causal pass over L context and L target frames (one pass trains all L targets).
+
+        Args:
+            single: [B, N, c_s_in] and pair: [B, N, N, c_z_in] frozen features.
+            ctx: Rigid [B, L, N] (A) clean frames + contextual noise at diffusion time ctx_t [B, L] (tau).
+            tgt: Rigid [B, L, N] (A) noisy frames at diffusion time tgt_t [B, L] in [0, 1].
+            frame_time_ps: [B, L] physical time of frame l since the trajectory start (shared by ctx l and tgt l).
+            delta_t_ps: [B] stride between consecutive frames (ps). res_mask: [B, N] (1 = real residue).
+            window: if set, each frame sees only the `window` most recent context frames (see block_causal_mask).
+        Returns:
+            dict(pred_rigids=Rigid [B, L, N] x0 prediction for every target frame (A),
+                 single=[B, L, N, c_s] final target singles).
+        Target l depends only on context frames < l and on target l itself.
+        """
+        b, n_frames, n = tgt.shape
+        if ctx.shape != tgt.shape or ctx_t.shape != (b, n_frames) or tgt_t.shape != (b, n_frames):
+            raise ValueError(f"ctx/tgt must be Rigid [B, L, N] with ctx_t/tgt_t [B, L]; got ctx {tuple(ctx.shape)}, "
+                             f"tgt {tuple(tgt.shape)}, ctx_t {tuple(ctx_t.shape)}, tgt_t {tuple(tgt_t.shape)}")
+        if frame_time_ps.shape != (b, n_frames) or delta_t_ps.shape != (b,) or res_mask.shape != (b, n):
+            raise ValueError(f"expected frame_time_ps [B, L] = {(b, n_frames)}, delta_t_ps [B], res_mask [B, N]; got "
+                             f"{tuple(frame_time_ps.shape)}, {tuple(delta_t_ps.shape)}, {tuple(res_mask.shape)}")
+        s0, z0 = self._embed_static(single, pair, res_mask)
+        token_valid = res_mask.repeat(1, 2 * n_frames)  # [B, 2 L N]
+        attn_mask = residue_attention_mask(block_causal_mask(n_frames, n, window, device=res_mask.device),
+                                           token_valid, token_valid)  # [B, 1, 2 L N, 2 L N]
+        pred, s, _ = self._denoise(s0, z0, Rigid.cat([ctx, tgt], dim=1), torch.cat([ctx_t, tgt_t], dim=1),
+                                   frame_time_ps.repeat(1, 2), delta_t_ps, res_mask, attn_mask, past=None)
+        return {"pred_rigids": pred[:, n_frames:], "single": s[:, n_frames:]}
+
+    # --- inference ----------------------------------------------------------------------------------------------
+    def init_cache(self, single: torch.Tensor, pair: torch.Tensor, res_mask: torch.Tensor,
+                   delta_t_ps: torch.Tensor, window: int | None = None) -> KVCache:
+        """Empty cache for B trajectories of one protein: projects the frozen features once.
+
+        single [B, N, c_s_in], pair [B, N, N, c_z_in] (an expanded view of one protein's features is fine),
+        res_mask [B, N], delta_t_ps [B] (the rollout stride), window = K most recent frames or None (all).
+        """
+        s0, z0 = self._embed_static(single, pair, res_mask)
+        if delta_t_ps.shape != (res_mask.shape[0],):
+            raise ValueError(f"delta_t_ps must be [B] = ({res_mask.shape[0]},), got {tuple(delta_t_ps.shape)}")
+        return KVCache(s0, z0, res_mask, delta_t_ps, self.n_blocks, window)
+
+    def _single_frame(self, cache: KVCache, frame: Rigid, t: torch.Tensor, frame_time_ps: torch.Tensor
+                      ) -> tuple[Rigid, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """One frame Rigid [B, N] attending to every held frame and to itself."""
+        b, n = cache.res_mask.shape
+        if frame.shape != (b, n) or t.shape != (b,) or frame_time_ps.shape != (b,):
+            raise ValueError(f"expected frame Rigid [B, N] = {(b, n)}, t [B] and frame_time_ps [B]; got "
+                             f"{tuple(frame.shape)}, {tuple(t.shape)}, {tuple(frame_time_ps.shape)}")
+        key_valid = torch.cat([cache.key_mask(), cache.res_mask], dim=1)  # [B, T_past + N]
+        allowed = torch.ones(n, key_valid.shape[1], dtype=torch.bool, device=key_valid.device)
+        attn_mask = residue_attention_mask(allowed, cache.res_mask, key_valid)  # [B, 1, N, T_past + N]
+        pred, s, kvs = self._denoise(cache.static_single, cache.static_pair, frame.unsqueeze(1), t[:, None],
+                                     frame_time_ps[:, None], cache.delta_t_ps, cache.res_mask, attn_mask, cache)
+        return pred[:, 0], s[:, 0], kvs
+
+    def step(self, cache: KVCache, frame: Rigid, t: torch.Tensor, frame_time_ps: torch.Tensor) -> dict:
+        """Denoise one noisy frame given the cached context (the cache is not modified).
+
+        Args:
+            frame: Rigid [B, N] (A) at diffusion time t [B]; frame_time_ps [B] its physical time.
+        Returns:
+            dict(pred_rigids=Rigid [B, N] x0 prediction (A), single=[B, N, c_s]); equal to the full forward's
+            target l when the cache holds context frames 0..l-1.
+        """
+        pred, s, _ = self._single_frame(cache, frame, t, frame_time_ps)
+        return {"pred_rigids": pred, "single": s}
+
+    def append(self, cache: KVCache, frame: Rigid, tau: torch.Tensor, frame_time_ps: torch.Tensor) -> None:
+        """Run the context pass of a finished frame (re-noised to diffusion time tau [B]) and cache its keys/values.
+
+        frame: Rigid [B, N] (A); frame_time_ps: [B]. Computes exactly the full forward's context frame.
+        """
+        _, _, kvs = self._single_frame(cache, frame, tau, frame_time_ps)
+        cache.push(kvs)
+
+
+def _check_times(t: torch.Tensor, frame_time_ps: torch.Tensor, delta_t_ps: torch.Tensor) -> None:
+    if t.numel() and (t.min() < 0 or t.max() > 1):
+        raise ValueError(f"diffusion time must lie in [0, 1], got range [{t.min().item()}, {t.max().item()}]")
+    if frame_time_ps.numel() and frame_time_ps.min() < 0:
+        raise ValueError(f"frame_time_ps must be >= 0 ps, got min {frame_time_ps.min().item()}")
+    if delta_t_ps.numel() and delta_t_ps.min() <= 0:
+        raise ValueError(f"delta_t_ps must be > 0 ps, got min {delta_t_ps.min().item()}")
