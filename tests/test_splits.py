@@ -94,3 +94,12 @@ def test_bad_demo_section_is_a_clear_cli_error(tmp_path, capsys):
     assert starmd_main(["make-splits", "--dataset", "demo", "--out-dir", str(tmp_path)]) == 2
     assert "--demo-json" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_schema_fragment_matches_config(repo_root):
+    import yaml
+    from dataclasses import fields
+
+    schema = yaml.safe_load((repo_root / "schemas" / "splits.schema.yaml").read_text())
+    assert schema["additionalProperties"] is False
+    assert {k: v["default"] for k, v in schema["properties"].items()} == {f.name: f.default for f in fields(SplitsConfig)}
