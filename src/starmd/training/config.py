@@ -1,0 +1,95 @@
+"""The `training` config section as a typed, validated dataclass.
+
+Keys match `schemas/training.schema.yaml` one to one; an unknown key or a wrong type is an error naming the key, so a
+typo in config.yaml cannot silently train with a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+# Keys that may change between a run and its resume without changing what is learned (logging cadence, I/O).
+RESUMABLE_KEYS = frozenset({"steps", "log_every", "val_every", "checkpoint_every", "num_workers", "progress_bar",
+                            "max_nonfinite"})
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    seed: int = 0
+    steps: int = 1000  # optimizer steps
+    batch_size: int = 2  # windows per rank per micro-batch
+    grad_accum: int = 1  # micro-batches per optimizer step
+    num_frames: int = 8  # L: frames per window (L context + L noisy targets in one block-causal pass)
+    strides: list[int] = field(default_factory=lambda: [1, 2, 4])  # in stored frames; Delta-t = stride * dt_ps
+    crop_size: int = 256  # residues; longer proteins get a random contiguous crop
+    centre: str = "per_frame"  # "per_frame" or "first_frame": which CA centroid is subtracted
+    t_min: float = 0.01  # target diffusion time t ~ U[t_min, 1]
+    tau_max: float = 0.1  # contextual noise tau ~ U[0, tau_max] on context frames; 0 switches it off
+    rot_loss_weight: float = 1.0
+    trans_loss_weight: float = 1.0
+    dist_loss_weight: float = 0.0  # auxiliary CA pair-distance loss (FrameDiff-style); 0 = off
+    dist_loss_cutoff: float = 6.0  # Angstrom: only pairs closer than this in the clean frame
+    dist_loss_t_max: float = 0.25  # only target frames with t below this (near-clean predictions)
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    schedule: str = "cosine"  # "cosine" (to min_lr_ratio * lr) or "constant", both after linear warmup
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
+    ema_decay: float = 0.999
+    bf16: bool = True  # bf16 autocast; only ever applied on CUDA
+    log_every: int = 10
+    val_every: int = 100
+    val_samples: int = 16  # fixed validation windows (same for every evaluation)
+    checkpoint_every: int = 100
+    max_nonfinite: int = 5  # K non-finite steps in a row stop the run
+    num_workers: int = 0  # DataLoader worker processes per rank
+    progress_bar: bool = False  # tqdm bar on rank 0
+
+    def __post_init__(self) -> None:
+        positive = ("steps", "batch_size", "grad_accum", "num_frames", "crop_size", "log_every", "val_every",
+                    "checkpoint_every", "max_nonfinite")
+        for key in positive:
+            if getattr(self, key) < 1:
+                raise ValueError(f"training.{key} must be >= 1, got {getattr(self, key)}")
+        if not self.strides or any(s < 1 for s in self.strides):
+            raise ValueError(f"training.strides must be a non-empty list of ints >= 1, got {self.strides}")
+        if self.centre not in ("per_frame", "first_frame"):
+            raise ValueError(f"training.centre must be 'per_frame' or 'first_frame', got {self.centre!r}")
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"training.schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+        if not 0 < self.t_min < 1:
+            raise ValueError(f"training.t_min must be in (0, 1), got {self.t_min}")
+        if not 0 <= self.tau_max < 1:
+            raise ValueError(f"training.tau_max must be in [0, 1), got {self.tau_max}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"training.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if len(self.betas) != 2:
+            raise ValueError(f"training.betas must have 2 entries, got {self.betas}")
+        for key in ("val_samples", "num_workers", "warmup_steps"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"training.{key} must be >= 0, got {getattr(self, key)}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainingConfig":
+        """Build from a config section, rejecting unknown keys and values of the wrong type by name."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - set(fields))
+        if unknown:
+            raise ValueError(f"unknown training config key(s) {unknown}; allowed: {sorted(fields)}")
+        defaults = cls()
+        for key, value in d.items():
+            expected = type(getattr(defaults, key))
+            ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
+            if expected is float and isinstance(value, int) and not isinstance(value, bool):
+                ok = True
+            if not ok:
+                raise ValueError(f"training.{key} must be {expected.__name__}, got {value!r}")
+        d = {k: (float(v) if type(getattr(defaults, k)) is float else v) for k, v in d.items()}
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

@@ -1,0 +1,47 @@
+"""Preemption: SIGUSR1 / SIGTERM set a flag; the loop checkpoints at the next step boundary and exits.
+
+SLURM sends the signal configured by `--signal` (see slurm/config.yaml) shortly before the time limit, and SIGTERM on
+preemption or scancel. We never checkpoint inside the handler (it could interrupt a half-written tensor); the flag
+is read once per step and agreed across ranks, so all ranks stop at the same step.
+
+Exit status `REQUEUE_EXIT_CODE` = 75 (EX_TEMPFAIL, sysexits.h: "temporary failure, retry later") means "stopped
+cleanly with a resumable last.pt": SLURM requeues it where the site lists 75 in RequeueExit, and Snakemake reruns it
+under `retries`; the rerun resumes from last.pt.
+"""
+
+from __future__ import annotations
+
+import signal
+from types import FrameType
+
+REQUEUE_EXIT_CODE = 75
+PREEMPTION_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+
+
+class PreemptionFlag:
+    """Context manager installing the handlers; `requested` holds the signal number received, or None."""
+
+    def __init__(self) -> None:
+        self.requested: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.requested = signum
+
+    def __enter__(self) -> "PreemptionFlag":
+        for sig in PREEMPTION_SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class Preempted(Exception):
+    """Raised after the checkpoint is written, carrying the signal; the CLI turns it into REQUEUE_EXIT_CODE."""
+
+    def __init__(self, signum: int, step: int) -> None:
+        super().__init__(f"received {signal.Signals(signum).name}; saved last.pt at step {step}, exiting with "
+                         f"{REQUEUE_EXIT_CODE} so the job can be requeued and resumed")
+        self.signum, self.step = signum, step
