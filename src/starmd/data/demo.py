@@ -1,0 +1,262 @@
+"""`prepare-demo`: a small, real, offline MD dataset in exactly the on-disk shape of an ATLAS protein.
+
+The pipeline must run end to end without network or GPUs, so the demo replaces ATLAS's 100 ns explicit-solvent
+runs with tens of ps of implicit-solvent OpenMM MD of short peptides. Everything downstream (frame extraction,
+training, evaluation) reads `{name}.pdb` + `{name}_prod_R{k}_fit.xtc` and cannot tell the two apart.
+
+Start structures are built from sequence (PeptideBuilder, backbone dihedrals from config; the default is an
+alpha-helix so the peptides start with some structure and fray/refold during the run), completed by pdbfixer
+(hydrogens at pH 7, terminal OXT), then minimised once; the three replicas start from that minimised structure with
+their own velocity and Langevin seeds, as ATLAS's replicas share a start structure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import logging
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from starmd.data.residues import sequence_to_aatype
+from starmd.io import write_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """The `demo` config section (see schemas/demo.schema.yaml for descriptions)."""
+
+    proteins: list[dict] = field(default_factory=list)
+    forcefield: str = "amber14-all.xml"
+    implicit_solvent: str = "implicit/gbn2.xml"
+    temperature_k: float = 300.0
+    friction_per_ps: float = 1.0
+    timestep_fs: float = 4.0
+    hydrogen_mass_amu: float = 4.0
+    minimize_max_iterations: int = 500
+    equilibration_ps: float = 10.0
+    production_ps: float = 40.0
+    frame_interval_ps: float = 1.0
+    replica_seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
+    start_phi_deg: float = -57.0
+    start_psi_deg: float = -47.0
+    ph: float = 7.0
+    threads: int = 1
+    log_every_ps: float = 10.0
+
+    @classmethod
+    def from_json(cls, text: str) -> "DemoConfig":
+        raw = json.loads(text)
+        if not isinstance(raw, dict):
+            raise ValueError(f"--config-json: expected a JSON object (the demo section), got {type(raw).__name__}")
+        unknown = sorted(set(raw) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"demo config: unknown key(s) {unknown}; allowed: {sorted(cls.__dataclass_fields__)}")
+        cfg = cls(**raw)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        steps = self.frame_interval_ps * 1000.0 / self.timestep_fs
+        if self.timestep_fs <= 0 or abs(steps - round(steps)) > 1e-6 or round(steps) < 1:
+            raise ValueError(f"demo config: frame_interval_ps ({self.frame_interval_ps}) must be a positive multiple "
+                             f"of timestep_fs ({self.timestep_fs} fs)")
+        if self.production_ps < self.frame_interval_ps:
+            raise ValueError(f"demo config: production_ps ({self.production_ps}) is shorter than one frame "
+                             f"interval ({self.frame_interval_ps} ps)")
+        if not self.replica_seeds or any(s < 1 for s in self.replica_seeds) or \
+                len(set(self.replica_seeds)) != len(self.replica_seeds):
+            # OpenMM treats seed 0 as "pick a random seed", which would make the run irreproducible
+            raise ValueError(f"demo config: replica_seeds must be distinct integers >= 1, got {self.replica_seeds}")
+
+    def protein(self, name: str) -> dict:
+        for p in self.proteins:
+            if p.get("name") == name:
+                if not isinstance(p.get("sequence"), str):
+                    raise ValueError(f"demo config: protein {name!r} has no 'sequence' string")
+                sequence_to_aatype(p["sequence"])
+                return p
+        raise ValueError(f"demo config: protein {name!r} is not in demo.proteins "
+                         f"({[p.get('name') for p in self.proteins]})")
+
+    @property
+    def steps_per_frame(self) -> int:
+        return round(self.frame_interval_ps * 1000.0 / self.timestep_fs)
+
+    @property
+    def n_frames(self) -> int:
+        return int(round(self.production_ps / self.frame_interval_ps))
+
+
+def build_start_structure(sequence: str, phi_deg: float, psi_deg: float, ph: float, forcefield, seed: int):
+    """Sequence -> (openmm Topology, positions) of the full peptide with hydrogens and terminal OXT.
+
+    Reproducible by construction: OpenMM's Modeller places new hydrogens with the global `random` module (no
+    generator argument) and relaxes them on the default platform, whose multithreaded sums differ run to run; so
+    `random` is seeded and the relaxation runs on the deterministic Reference platform.
+    """
+    import openmm
+    from Bio.PDB import PDBIO
+    from openmm import app
+    from pdbfixer import PDBFixer
+    from PeptideBuilder import PeptideBuilder
+
+    n = len(sequence)
+    structure = PeptideBuilder.make_structure(sequence, [phi_deg] * (n - 1), [psi_deg] * (n - 1))
+    PeptideBuilder.add_terminal_OXT(structure)
+    buf = io.StringIO()
+    writer = PDBIO()
+    writer.set_structure(structure)
+    writer.save(buf)
+    fixer = PDBFixer(pdbfile=io.StringIO(buf.getvalue()))
+    fixer.findMissingResidues()
+    fixer.findMissingAtoms()
+    if fixer.missingAtoms or fixer.missingTerminals:
+        raise ValueError(f"start structure of {sequence!r}: PeptideBuilder left heavy atoms missing "
+                         f"({fixer.missingAtoms}, terminals {fixer.missingTerminals})")
+    modeller = app.Modeller(fixer.topology, fixer.positions)
+    random.seed(seed)
+    modeller.addHydrogens(forcefield, pH=ph, platform=openmm.Platform.getPlatformByName("Reference"))
+    return modeller.topology, modeller.positions
+
+
+def _simulation(topology, system, cfg: DemoConfig, seed: int):
+    import openmm
+    from openmm import app, unit
+
+    integrator = openmm.LangevinMiddleIntegrator(cfg.temperature_k * unit.kelvin,
+                                                 cfg.friction_per_ps / unit.picosecond,
+                                                 cfg.timestep_fs * unit.femtoseconds)
+    integrator.setRandomNumberSeed(seed)  # must precede Context creation to take effect
+    platform = openmm.Platform.getPlatformByName("CPU")
+    return app.Simulation(topology, system, integrator, platform, {"Threads": str(cfg.threads)})
+
+
+def run_replica(topology, system, start_positions, cfg: DemoConfig, seed: int, label: str) -> tuple[np.ndarray, dict]:
+    """Equilibrate then run production from the minimised start; returns xyz [T, n_atoms, 3] in nm and timings."""
+    from openmm import unit
+
+    sim = _simulation(topology, system, cfg, seed)
+    sim.context.setPositions(start_positions)
+    sim.context.setVelocitiesToTemperature(cfg.temperature_k * unit.kelvin, seed)
+    n_equil = int(round(cfg.equilibration_ps * 1000.0 / cfg.timestep_fs))
+    sim.step(n_equil)
+    xyz = np.empty((cfg.n_frames, topology.getNumAtoms(), 3), dtype=np.float32)
+    log_every = max(1, int(round(cfg.log_every_ps / cfg.frame_interval_ps)))
+    t0 = time.perf_counter()
+    for k in range(cfg.n_frames):
+        sim.step(cfg.steps_per_frame)
+        pos = sim.context.getState(getPositions=True).getPositions(asNumpy=True)
+        xyz[k] = pos.value_in_unit(unit.nanometer)
+        if (k + 1) % log_every == 0 or k + 1 == cfg.n_frames:
+            ns_day = (k + 1) * cfg.frame_interval_ps * 1e-3 / max(time.perf_counter() - t0, 1e-9) * 86400
+            log.info("%s: %.1f/%.1f ps, %.1f ns/day", label, (k + 1) * cfg.frame_interval_ps, cfg.production_ps,
+                     ns_day)
+    wall = time.perf_counter() - t0
+    return xyz, {"seed": seed, "production_wall_s": round(wall, 2),
+                 "ns_per_day": round(cfg.production_ps * 1e-3 / max(wall, 1e-9) * 86400, 2)}
+
+
+@contextlib.contextmanager
+def atomic_dir(target: Path) -> Iterator[Path]:
+    """Yield a temp directory beside `target`; it replaces `target` only when the block finishes, so an
+    interrupted run never leaves a directory that looks complete."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    work.chmod(0o777 & ~umask)  # mkdtemp makes it private; the finished directory gets the usual permissions
+    try:
+        yield work
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+            os.replace(target, old / target.name)
+            os.replace(work, target)
+            shutil.rmtree(old)
+        else:
+            os.replace(work, target)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+
+
+def prepare_demo(name: str, out_dir: str | os.PathLike, cfg: DemoConfig) -> Path:
+    """Simulate demo protein `name` and write `{name}.pdb`, `{name}_prod_R{k}_fit.xtc`, `provenance.json`."""
+    import mdtraj as md
+    import openmm
+    from openmm import app, unit
+
+    protein = cfg.protein(name)
+    sequence = protein["sequence"]
+    out_dir = Path(out_dir)
+    t_start = time.perf_counter()
+
+    forcefield = app.ForceField(cfg.forcefield, cfg.implicit_solvent)
+    topology, positions = build_start_structure(sequence, cfg.start_phi_deg, cfg.start_psi_deg, cfg.ph, forcefield,
+                                                cfg.replica_seeds[0])
+    system = forcefield.createSystem(topology, nonbondedMethod=app.NoCutoff, constraints=app.HBonds,
+                                     hydrogenMass=cfg.hydrogen_mass_amu * unit.amu)
+    minimiser = _simulation(topology, system, cfg, cfg.replica_seeds[0])
+    minimiser.context.setPositions(positions)
+    minimiser.minimizeEnergy(maxIterations=cfg.minimize_max_iterations)
+    start_positions = minimiser.context.getState(getPositions=True).getPositions(asNumpy=True)
+    md_top = md.Topology.from_openmm(topology)
+    start = md.Trajectory(start_positions.value_in_unit(unit.nanometer)[None].astype(np.float32), md_top)
+    fit_atoms = md_top.select("backbone")
+
+    replicas = []
+    with atomic_dir(out_dir) as work:
+        start.save_pdb(str(work / f"{name}.pdb"))
+        for k, seed in enumerate(cfg.replica_seeds, start=1):
+            xyz, timing = run_replica(topology, system, start_positions, cfg, seed, f"{name} R{k}")
+            time_ps = cfg.frame_interval_ps * np.arange(1, cfg.n_frames + 1)
+            traj = md.Trajectory(xyz, md_top, time=time_ps)
+            traj.superpose(start, 0, atom_indices=fit_atoms)  # "_fit": rot+trans fitted on the backbone, as ATLAS
+            traj.save_xtc(str(work / f"{name}_prod_R{k}_fit.xtc"))
+            replicas.append({"replica": f"R{k}", **timing})
+        write_json(work / "provenance.json", {
+            "name": name, "sequence": sequence, "split": protein.get("split"),
+            "engine": f"OpenMM {openmm.__version__}", "platform": "CPU", "threads": cfg.threads,
+            "forcefield": cfg.forcefield, "implicit_solvent": cfg.implicit_solvent, "nonbonded": "NoCutoff",
+            "constraints": "HBonds", "hydrogen_mass_amu": cfg.hydrogen_mass_amu,
+            "integrator": "LangevinMiddleIntegrator", "temperature_k": cfg.temperature_k,
+            "friction_per_ps": cfg.friction_per_ps, "timestep_fs": cfg.timestep_fs,
+            "minimize_max_iterations": cfg.minimize_max_iterations, "equilibration_ps": cfg.equilibration_ps,
+            "production_ps": cfg.production_ps, "frame_interval_ps": cfg.frame_interval_ps,
+            "n_frames_per_replica": cfg.n_frames, "replica_seeds": list(cfg.replica_seeds),
+            "start_structure": {"builder": f"PeptideBuilder {version('PeptideBuilder')}",
+                                "phi_deg": cfg.start_phi_deg, "psi_deg": cfg.start_psi_deg,
+                                "completion": f"PeptideBuilder OXT, pdbfixer {version('pdbfixer')} check, "
+                                              f"OpenMM Modeller hydrogens at pH {cfg.ph}",
+                                "minimised": True},
+            "fit": "mdtraj superpose on backbone atoms to the start structure",
+            "n_atoms": md_top.n_atoms, "replicas": replicas,
+            "total_wall_s": round(time.perf_counter() - t_start, 2),
+        })
+    log.info("%s: wrote %s in %.1f s", name, out_dir, time.perf_counter() - t_start)
+    return out_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m starmd prepare-demo", description=__doc__.split("\n")[0])
+    parser.add_argument("--name", required=True, help="demo protein name, one of demo.proteins[].name")
+    parser.add_argument("--out-dir", required=True, type=Path, help="data/raw/demo/{name}")
+    parser.add_argument("--config-json", required=True, help="JSON of the `demo` config section")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    prepare_demo(args.name, args.out_dir, DemoConfig.from_json(args.config_json))
+    return 0
