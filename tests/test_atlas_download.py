@@ -169,6 +169,18 @@ def test_dropped_connection_resumes_with_range(server, atlas_files, tmp_path):
     assert_extracted(out, atlas_files)
 
 
+def test_kept_zip_is_reused_without_a_request(server, atlas_files, tmp_path):
+    base, behaviour = server
+    behaviour.files[url_path()] = make_zip(atlas_files)
+    download_atlas(NAME, tmp_path / NAME, cfg(base, keep_zip=True))
+    behaviour.files.clear()  # the server no longer has it: only the kept zip can satisfy the second call
+    (tmp_path / NAME / f"{NAME}.pdb").unlink()
+    download_atlas(NAME, tmp_path / NAME, cfg(base, keep_zip=False))
+    assert len(behaviour.requests) == 1
+    assert_extracted(tmp_path / NAME, atlas_files)
+    assert not (tmp_path / f"{NAME}_protein.zip").exists()
+
+
 def test_server_ignoring_range_restarts_the_file(server, atlas_files, tmp_path):
     base, behaviour = server
     body = make_zip(atlas_files)

@@ -102,4 +102,5 @@ def test_schema_fragment_matches_config(repo_root):
 
     schema = yaml.safe_load((repo_root / "schemas" / "splits.schema.yaml").read_text())
     assert schema["additionalProperties"] is False
-    assert {k: v["default"] for k, v in schema["properties"].items()} == {f.name: f.default for f in fields(SplitsConfig)}
+    defaults = {f.name: f.default for f in fields(SplitsConfig)}
+    assert {k: v["default"] for k, v in schema["properties"].items()} == defaults

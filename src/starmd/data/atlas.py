@@ -18,7 +18,7 @@ import sys
 import tempfile
 import zipfile
 import zlib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping, TextIO, get_type_hints
 
@@ -73,7 +73,7 @@ class AtlasConfig:
         return config
 
     def retry_policy(self) -> RetryPolicy:
-        return RetryPolicy(**{k: v for k, v in asdict(self).items() if k in {f.name for f in fields(RetryPolicy)}})
+        return RetryPolicy(**{f.name: getattr(self, f.name) for f in fields(RetryPolicy)})
 
 
 def atlas_url(base_url: str, name: str) -> str:
@@ -164,7 +164,8 @@ def download_atlas(name: str, out_dir: str | Path, config: AtlasConfig = AtlasCo
     """Download, verify and unpack chain `name` into `out_dir`. Returns the extracted files.
 
     The zip (and its resumable `.part`) live in `zip_dir` (default: beside `out_dir`), so a failed run resumes the
-    download; a corrupt archive is deleted so the next run fetches it afresh. `config.keep_zip` keeps it afterwards.
+    download and a zip kept by `config.keep_zip` is reused without a request; a corrupt archive is deleted so the
+    next run fetches it afresh.
     """
     if not _NAME.fullmatch(name):
         raise ValueError(f"download-atlas: {name!r} is not an ATLAS chain name like '6o2v_A'")
@@ -181,6 +182,8 @@ def download_atlas(name: str, out_dir: str | Path, config: AtlasConfig = AtlasCo
         except NotFoundError as e:
             raise NotFoundError(f"ATLAS protein {name!r} not found: {url} answered 404 "
                                 "(ATLAS chain names are listed in starmd/data/splits/atlas.csv)") from e
+        except DownloadError as e:
+            raise DownloadError(f"ATLAS protein {name!r}: {e}") from e
     try:
         files = extract_archive(zip_path, out_dir, name)
     except AtlasArchiveError as e:

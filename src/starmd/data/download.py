@@ -53,7 +53,7 @@ def _parse_content_range(value: str | None) -> tuple[int | None, int | None]:
 
 
 def download_resumable(url: str, dest: str | Path, policy: RetryPolicy = RetryPolicy(), *, desc: str = "",
-                       progress_file: TextIO | None = None, session: requests.Session | None = None) -> Path:
+                       progress_file: TextIO | None = None) -> Path:
     """Download `url` to `dest`, resuming `<dest>.part` if present. Returns `dest`.
 
     Raises NotFoundError on 404, DownloadError on any other 4xx, and DownloadError once more than
@@ -63,23 +63,24 @@ def download_resumable(url: str, dest: str | Path, policy: RetryPolicy = RetryPo
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
-    session = session or requests.Session()
+    progress_file = progress_file or sys.stderr
     failures = 0
-    while True:
-        offset = part.stat().st_size if part.exists() else 0
-        try:
-            _attempt(session, url, part, offset, policy, desc, progress_file or sys.stderr)
-            break
-        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
-                _Transient) as e:
-            progressed = part.exists() and part.stat().st_size > offset
-            failures = 1 if progressed else failures + 1  # bytes arrived: the count of futile attempts restarts
-            if failures > policy.max_retries:
-                raise DownloadError(f"{url}: giving up after {failures} failed attempts; last error: {e}") from e
-            wait = policy.backoff_base_s * 2 ** (failures - 1)
-            print(f"download: {url}: {e}; retry {failures}/{policy.max_retries} in {wait:.3g} s",
-                  file=progress_file or sys.stderr)
-            time.sleep(wait)
+    with requests.Session() as session:  # one connection pool for all attempts
+        while True:
+            offset = part.stat().st_size if part.exists() else 0
+            try:
+                _attempt(session, url, part, offset, policy, desc, progress_file)
+                break
+            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+                    _Transient) as e:
+                progressed = part.exists() and part.stat().st_size > offset
+                failures = 1 if progressed else failures + 1  # bytes arrived: restart the count of futile tries
+                if failures > policy.max_retries:
+                    raise DownloadError(f"{url}: giving up after {failures} failed attempts; last error: {e}") from e
+                wait = policy.backoff_base_s * 2 ** (failures - 1)
+                print(f"download: {url}: {e}; retry {failures}/{policy.max_retries} in {wait:.3g} s",
+                      file=progress_file)
+                time.sleep(wait)
     part.replace(dest)
     return dest
 
