@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from starmd.geometry import Rigid, random_rotation
-from starmd.model import KVCache, StarMD
+from starmd.model import KVCache, StarMD, kv_cache_nbytes, pair_cache_nbytes
 from starmd.model.frame_encoder import relative_geometry
 
 C_S_IN, C_Z_IN = 12, 6
@@ -158,11 +158,20 @@ def test_cache_memory_is_2_layers_n_l_d_dtype(dtype):
             sizes.append(cache.nbytes())
         item = torch.tensor([], dtype=dtype).element_size()
         assert sizes == [2 * TINY["n_blocks"] * 2 * n * frames * d * item for frames in range(4)]
+        assert sizes[-1] == kv_cache_nbytes(TINY["n_blocks"], TINY["n_heads"], TINY["c_hidden"], n, 3, 2, dtype)
         assert cache.static_nbytes() == 2 * n * (TINY["c_s"] + n * TINY["c_z"]) * item  # held once, not per frame
     windowed = model.init_cache(x["single"], x["pair"], x["res_mask"], x["delta_t_ps"], window=1)
     for l in range(3):
         model.append(windowed, x["ctx"][:, l], x["ctx_t"][:, l], x["frame_time_ps"][:, l])
     assert windowed.nbytes() == 2 * TINY["n_blocks"] * 2 * 7 * 1 * d * item
+
+
+def test_singles_cache_is_far_smaller_than_a_pair_cache_at_paper_scale():
+    """N = 500, L = 400, 8 blocks, 8 x 32 heads vs c_z = 128, bf16: the ratio is N c_z / (2 d) = 125."""
+    singles = kv_cache_nbytes(8, 8, 32, 500, 400, dtype=torch.bfloat16)
+    pairs = pair_cache_nbytes(8, 128, 500, 400, dtype=torch.bfloat16)
+    assert singles == 2 * 8 * 500 * 400 * 256 * 2 and pairs == 8 * 500 * 500 * 400 * 128 * 2
+    assert pairs / singles == pytest.approx(125.0)
 
 
 def test_residue_permutation_permutes_outputs():

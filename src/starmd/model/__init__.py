@@ -2,7 +2,7 @@
 backbone update] x n_blocks, block-causal training mask and a singles-only KV cache for rollout."""
 
 from starmd.model.attention import block_causal_frame_mask, block_causal_mask
-from starmd.model.cache import KVCache
+from starmd.model.cache import KVCache, kv_cache_nbytes, pair_cache_nbytes
 from starmd.model.network import StarMD
 
-__all__ = ["StarMD", "KVCache", "block_causal_mask", "block_causal_frame_mask"]
+__all__ = ["StarMD", "KVCache", "block_causal_mask", "block_causal_frame_mask", "kv_cache_nbytes", "pair_cache_nbytes"]

@@ -11,6 +11,22 @@ from __future__ import annotations
 import torch
 
 
+def kv_cache_nbytes(n_blocks: int, n_heads: int, c_hidden: int, n_res: int, n_frames: int, batch: int = 1,
+                    dtype: torch.dtype = torch.float32) -> int:
+    """Analytic size of a KVCache: 2 (K, V) x n_blocks x B x N x L x (n_heads x c_hidden) x dtype bytes."""
+    return 2 * n_blocks * batch * n_res * n_frames * n_heads * c_hidden * _itemsize(dtype)
+
+
+def pair_cache_nbytes(n_blocks: int, c_z: int, n_res: int, n_frames: int, batch: int = 1,
+                      dtype: torch.dtype = torch.float32) -> int:
+    """What caching every frame's pair state would cost (the design STAR-MD avoids): n_blocks x B x N^2 x L x c_z."""
+    return n_blocks * batch * n_res * n_res * n_frames * c_z * _itemsize(dtype)
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
 class KVCache:
     """Keys/values [B, H, L_held * N, C] per diffusion block (frame-major tokens), plus the protein's static inputs.
 
