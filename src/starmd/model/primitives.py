@@ -36,7 +36,6 @@ class Linear(nn.Linear):
         if init not in INITS:
             raise ValueError(f"Linear init must be one of {INITS}, got {init!r}")
         super().__init__(in_dim, out_dim, bias=bias)
-        self.init = init
         with torch.no_grad():
             if init == "default":
                 _fan_in_trunc_normal_(self.weight, 1.0)
