@@ -1,0 +1,137 @@
+"""Read the evaluation inputs into plain arrays (Angstrom) and check they describe the same protein.
+
+Formats (docs/architecture.md): rollout HDF5 `translations` [S, F, N, 3] + `time_ps` [F] + attrs `sequence`,
+`delta_t_ps`, with backbone `{name}.pdb` + `{name}_s{k}.xtc` (N, CA, C, O) beside it; frames HDF5
+`replicas/R{k}/translations` [T, N, 3] + `start/translations` [N, 3] + attrs `dt_ps`, `stride`, `sequence`; raw MD
+`{raw_dir}/{name}.pdb` + `{name}_prod_R{k}_fit.xtc`, whose every `stride`-th frame is a stored frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import mdtraj as md
+import numpy as np
+
+from starmd.evaluation.metrics import BACKBONE_ATOM_NAMES, NM_PER_ANGSTROM, rmsd_to
+
+# a stored CA frame and the same raw-xtc frame may differ by the xtc precision (0.01 A) and re-fitting
+_CA_MATCH_TOL_A = 0.05
+
+
+@dataclass(frozen=True)
+class Rollout:
+    ca: np.ndarray  # [S, F, N, 3] Angstrom
+    backbone: np.ndarray  # [S, F, N, 4, 3] Angstrom, atom order N, CA, C, O
+    time_ps: np.ndarray  # [F]
+    delta_t_ps: float
+    sequence: str
+
+
+@dataclass(frozen=True)
+class Reference:
+    start_ca: np.ndarray  # [N, 3]
+    start_backbone: np.ndarray  # [N, 4, 3] from the raw PDB
+    ca: dict[str, np.ndarray]  # replica -> [T, N, 3]
+    backbone: dict[str, np.ndarray]  # replica -> [T, N, 4, 3]
+    dt_ps: float
+    sequence: str
+    residue_index: np.ndarray  # [N]
+
+
+def _dataset(h5: h5py.File, key: str, path: Path, ndim: int) -> np.ndarray:
+    if key not in h5:
+        raise ValueError(f"{path}: missing dataset {key!r}")
+    arr = np.asarray(h5[key][()], dtype=np.float64)
+    if arr.ndim != ndim or arr.shape[-1] != 3:
+        raise ValueError(f"{path}: dataset {key!r} has shape {arr.shape}, expected {ndim} dims ending in 3 (xyz)")
+    return arr
+
+
+def _attr(h5: h5py.File, key: str, path: Path):
+    if key not in h5.attrs:
+        raise ValueError(f"{path}: missing root attribute {key!r}")
+    value = h5.attrs[key]
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def backbone_array(traj: md.Trajectory, source: str) -> np.ndarray:
+    """[F, N, 4, 3] Angstrom N, CA, C, O of every protein residue; a residue missing one is an error naming it."""
+    index = []
+    for res in traj.topology.residues:
+        if not res.is_protein:
+            continue
+        names = {a.name: a.index for a in res.atoms}
+        missing = [a for a in BACKBONE_ATOM_NAMES if a not in names]
+        if missing:
+            raise ValueError(f"{source}: residue {res.name} {res.resSeq} has no {'/'.join(missing)} "
+                             f"(backbone validity needs N, CA, C, O)")
+        index.append([names[a] for a in BACKBONE_ATOM_NAMES])
+    if not index:
+        raise ValueError(f"{source}: no protein residues")
+    return traj.xyz[:, np.array(index)].astype(np.float64) / NM_PER_ANGSTROM
+
+
+def load_rollout(path: str | Path) -> Rollout:
+    """Rollout HDF5 plus its per-sample backbone xtc files `{stem}_s{k}.xtc` on topology `{stem}.pdb` beside it."""
+    path = Path(path)
+    with h5py.File(path, "r") as h5:
+        ca = _dataset(h5, "translations", path, 4)
+        time_ps = np.asarray(h5["time_ps"][()], dtype=np.float64) if "time_ps" in h5 else None
+        delta_t = float(_attr(h5, "delta_t_ps", path))
+        sequence = str(_attr(h5, "sequence", path))
+    if time_ps is None or time_ps.shape != (ca.shape[1],):
+        raise ValueError(f"{path}: dataset 'time_ps' must exist with shape [{ca.shape[1]}] (one time per frame)")
+    if len(sequence) != ca.shape[2]:
+        raise ValueError(f"{path}: attr sequence has {len(sequence)} residues but translations has {ca.shape[2]}")
+    pdb = path.with_suffix(".pdb")
+    if not pdb.exists():
+        raise ValueError(f"{path}: backbone topology {pdb} not found (rollout writes {{name}}.pdb beside the .h5)")
+    backbones = []
+    for k in range(ca.shape[0]):
+        xtc = path.with_name(f"{path.stem}_s{k}.xtc")
+        if not xtc.exists():
+            raise ValueError(f"{path}: backbone trajectory {xtc} for sample {k} not found")
+        bb = backbone_array(md.load(str(xtc), top=str(pdb)), str(xtc))
+        if bb.shape[:3] != ca.shape[1:3] + (4,) or np.abs(bb[:, :, 1] - ca[k]).max() > _CA_MATCH_TOL_A:
+            raise ValueError(f"{xtc}: backbone {bb.shape[:2]} does not match translations sample {k} "
+                             f"{ca.shape[1:3]} (CA positions must agree within {_CA_MATCH_TOL_A} A)")
+        backbones.append(bb)
+    return Rollout(ca, np.stack(backbones), time_ps, delta_t, sequence)
+
+
+def load_reference(frames_path: str | Path, raw_dir: str | Path, name: str) -> Reference:
+    """Frames HDF5 (CA of every replica) plus the raw MD backbone, every `stride`-th raw frame per stored frame."""
+    frames_path, raw_dir = Path(frames_path), Path(raw_dir)
+    with h5py.File(frames_path, "r") as h5:
+        dt_ps = float(_attr(h5, "dt_ps", frames_path))
+        stride = int(_attr(h5, "stride", frames_path))
+        sequence = str(_attr(h5, "sequence", frames_path))
+        start_ca = _dataset(h5, "start/translations", frames_path, 2)
+        if "replicas" not in h5 or not len(h5["replicas"]):
+            raise ValueError(f"{frames_path}: no group 'replicas' with replicas R1, R2, ...")
+        ca = {rep: _dataset(h5, f"replicas/{rep}/translations", frames_path, 3) for rep in sorted(h5["replicas"])}
+        residue_index = (np.asarray(h5["residue_index"][()]) if "residue_index" in h5
+                         else np.arange(1, len(sequence) + 1))
+    pdb = raw_dir / f"{name}.pdb"
+    if not pdb.exists():
+        raise ValueError(f"{raw_dir}: raw start structure {pdb.name} not found")
+    start_backbone = backbone_array(md.load(str(pdb)), str(pdb))[0]
+    backbone = {}
+    for rep, rep_ca in ca.items():
+        xtc = raw_dir / f"{name}_prod_{rep}_fit.xtc"
+        if not xtc.exists():
+            raise ValueError(f"{raw_dir}: raw trajectory {xtc.name} for replica {rep} of {frames_path} not found")
+        bb = backbone_array(md.load(str(xtc), top=str(pdb), stride=stride), str(xtc))
+        if bb.shape[:2] != rep_ca.shape[:2]:
+            raise ValueError(f"{xtc}: every {stride}th frame gives {bb.shape[:2]} (frames, residues), but "
+                             f"{frames_path} replicas/{rep} has {rep_ca.shape[:2]}")
+        ends = [0, len(bb) - 1]
+        mismatch = max(float(rmsd_to(bb[[f], :, 1], rep_ca[f])[0]) for f in ends)
+        if mismatch > _CA_MATCH_TOL_A:
+            raise ValueError(f"{xtc}: frames do not match {frames_path} replicas/{rep} (CA RMSD {mismatch:.3f} A "
+                             f"> {_CA_MATCH_TOL_A} A at the first or last frame; is attr stride={stride} right?)")
+        backbone[rep] = bb
+    return Reference(start_ca, start_backbone, ca, backbone, dt_ps, sequence, residue_index)
