@@ -1,0 +1,80 @@
+"""Make the PyPI `openfold==0.0.1` sdist build and run on today's stack, without editing installed files.
+
+Why this exists: that sdist is a 2022 source snapshot. Its setup.py imports `scripts.utils.get_nvidia_cc`, which the
+sdist does not ship (`scripts/install_openfold.sh` puts a one-line `scripts/utils.py` re-exporting
+`get_nvidia_cc` below on the build's PYTHONPATH). Its fused in-place softmax extension `attn_core_inplace_cuda` is
+built by us as the portable C++ stub on every machine (the CUDA source needs C++14 and sm_37, which current torch and
+nvcc reject), and that stub raises when called; and `openfold.data.templates` reads `np.object`, removed in NumPy 2.
+
+`import_openfold()` is the one place that imports OpenFold for starmd. It applies exactly two runtime fixes first:
+- `np.object` is aliased to `object` (what it always was) if NumPy no longer has it;
+- the two module globals that hold the extension (`openfold.model.structure_module.attn_core_inplace_cuda` and
+  `openfold.utils.kernel.attention_core.attn_core_inplace_cuda`) are pointed at `TorchSoftmaxKernel`, which does the
+  same in-place softmax (and its backward) with plain torch ops on any device. Numerically it is `torch.softmax`;
+  on GPU it costs one extra [*, H, N, N] buffer compared with the fused kernel.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+import numpy as np
+import torch
+
+# Modules that bind the compiled extension as a module global at import time (openfold 0.0.1).
+KERNEL_USERS = ("openfold.model.structure_module", "openfold.utils.kernel.attention_core")
+
+
+def get_nvidia_cc() -> tuple[None, str]:
+    """Stand-in for OpenFold's `scripts.utils.get_nvidia_cc` (setup.py picks CUDA arch flags from it).
+
+    We never compile the CUDA kernel (see module docstring), so no compute capability is reported; the second item
+    is the error message the original returns in that case.
+    """
+    return None, "starmd builds openfold without its CUDA kernel (starmd.features.openfold_compat)"
+
+
+class TorchSoftmaxKernel:
+    """Drop-in for the `attn_core_inplace_cuda` extension: in-place softmax over the last dim, in plain torch."""
+
+    @staticmethod
+    def forward_(logits: torch.Tensor, rows: int, cols: int) -> None:
+        """logits [*, cols] (rows = prod(*)) is overwritten with softmax(logits, -1)."""
+        _check_rows_cols(logits, rows, cols)
+        logits.copy_(torch.softmax(logits, dim=-1))
+
+    @staticmethod
+    def backward_(probs: torch.Tensor, grad_out: torch.Tensor, values: torch.Tensor,
+                  rows: int, cols_output: int, cols_values: int) -> None:
+        """probs [*, Q, K] (softmax output of o = probs @ values) is overwritten with dL/dlogits.
+
+        grad_out [*, Q, C] = dL/do, values [*, K, C]; the softmax Jacobian gives P * (dP - sum(dP * P)).
+        """
+        _check_rows_cols(probs, rows, cols_output)
+        if grad_out.shape[-1] != cols_values:
+            raise ValueError(f"grad_out has {grad_out.shape[-1]} value channels, expected {cols_values}")
+        d_probs = torch.matmul(grad_out, values.transpose(-1, -2))  # [*, Q, K]
+        probs.copy_(probs * (d_probs - (d_probs * probs).sum(dim=-1, keepdim=True)))
+
+
+def _check_rows_cols(t: torch.Tensor, rows: int, cols: int) -> None:
+    if t.shape[-1] != cols or t.numel() != rows * cols:
+        raise ValueError(f"kernel got a tensor of shape {tuple(t.shape)}, expected {rows} rows of {cols}")
+
+
+def import_openfold() -> ModuleType:
+    """Import `openfold` with the two fixes above applied; raise ImportError saying how to install it."""
+    if "object" not in np.__dict__:
+        np.object = object  # NumPy 2 removed the alias; openfold/data/templates.py still uses it.
+    try:
+        openfold = importlib.import_module("openfold")
+        users = [importlib.import_module(name) for name in KERNEL_USERS]
+    except ImportError as err:
+        raise ImportError(
+            f"OpenFold is not importable ({err}). Install it with `bash scripts/install_openfold.sh` "
+            "(or `conda env create -f envs/openfold.yaml` on a cluster); see docs/openfold.md."
+        ) from err
+    for module in users:
+        module.attn_core_inplace_cuda = TorchSoftmaxKernel
+    return openfold

@@ -1,0 +1,228 @@
+"""OpenFold featurizer on CPU with random-weight checkpoints that the tests write in the official state-dict format.
+
+Speed: most tests use a model_3_ptm variant with 2 instead of 48 evoformer blocks (features.openfold.evoformer_blocks:
+everything else, including the 384/128 widths, the extra-MSA stack, the structure module and the loading code, is the
+real preset). The slow test runs the full 48-block preset once.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from starmd.features import openfold as of
+from starmd.features.openfold_compat import TorchSoftmaxKernel, get_nvidia_cc, import_openfold
+from starmd.io import sha256sum
+
+pytestmark = pytest.mark.filterwarnings("ignore:Using a non-tuple sequence:UserWarning",
+                                        "ignore::DeprecationWarning")
+SEQ = "MKTAYIAKQR"
+HAVE_OPENFOLD = importlib.util.find_spec("openfold") is not None
+needs_openfold = pytest.mark.skipif(
+    not HAVE_OPENFOLD, reason="openfold is not installed (bash scripts/install_openfold.sh, about 2 min on CPU)")
+
+
+def write_random_checkpoint(path: Path, evoformer_blocks: int | None, seed: int = 0) -> Path:
+    """AlphaFold(model_3_ptm) with every parameter perturbed (OpenFold zero-inits many output layers, which would
+    make blocks no-ops), saved as a plain state dict like OpenFold's finetuning_*.pt files."""
+    import_openfold()
+    from openfold.config import model_config
+    from openfold.model.model import AlphaFold
+
+    config = model_config("model_3_ptm")
+    if evoformer_blocks is not None:
+        config.model.evoformer_stack.no_blocks = evoformer_blocks
+    torch.manual_seed(seed)
+    model = AlphaFold(config)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=generator))
+    torch.save(model.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory) -> Path:
+    if not HAVE_OPENFOLD:
+        pytest.skip("openfold is not installed (bash scripts/install_openfold.sh)")
+    return write_random_checkpoint(tmp_path_factory.mktemp("weights") / "finetuning_no_templ_ptm_1.pt", 2)
+
+
+def features_cfg(weights: Path, **overrides) -> dict:
+    return {"openfold": {"weights": str(weights), "evoformer_blocks": 2, "recycles": 1, "cache_dir": None,
+                         **overrides}}
+
+
+# --- compat module (no openfold needed) ---------------------------------------------------------------------------
+
+def test_torch_softmax_kernel_matches_softmax_and_its_gradient():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 5, 7, generator=g, dtype=torch.float64)  # [*, H, Q, K]
+    values = torch.randn(2, 3, 7, 4, generator=g, dtype=torch.float64)  # [*, H, K, C]
+    grad_out = torch.randn(2, 3, 5, 4, generator=g, dtype=torch.float64)  # [*, H, Q, C]
+
+    probs = logits.clone()
+    TorchSoftmaxKernel.forward_(probs, 2 * 3 * 5, 7)
+    torch.testing.assert_close(probs, torch.softmax(logits, -1))
+
+    leaf = logits.clone().requires_grad_()
+    (torch.softmax(leaf, -1) @ values).backward(grad_out)
+    TorchSoftmaxKernel.backward_(probs, grad_out, values, 2 * 3 * 5, 7, 4)
+    torch.testing.assert_close(probs, leaf.grad)
+
+    with pytest.raises(ValueError, match="expected 30 rows of 6"):
+        TorchSoftmaxKernel.forward_(logits.clone(), 30, 6)
+
+
+def test_build_shim_reports_no_compute_capability():
+    capability, message = get_nvidia_cc()
+    assert capability is None and "without its CUDA kernel" in message
+
+
+@needs_openfold
+def test_import_openfold_replaces_the_compiled_kernel_everywhere():
+    import_openfold()
+    import openfold.model.structure_module as sm
+    import openfold.utils.kernel.attention_core as ac
+    from openfold.data import templates  # reads np.object at import
+
+    assert sm.attn_core_inplace_cuda is TorchSoftmaxKernel and ac.attn_core_inplace_cuda is TorchSoftmaxKernel
+    assert templates.TEMPLATE_FEATURES["template_sequence"] is object
+
+
+# --- input checks ------------------------------------------------------------------------------------------------
+
+def test_missing_weights_error_says_how_to_get_them(tmp_path):
+    missing = tmp_path / "finetuning_no_templ_ptm_1.pt"
+    with pytest.raises(FileNotFoundError) as err:
+        of.featurize(name="p1", sequence=SEQ, pdb_path=None, cfg=features_cfg(missing))
+    text = str(err.value)
+    assert str(missing) in text and "features.openfold.weights" in text
+    assert "download_openfold_params.sh" in text and "s3://openfold/openfold_params/" in text
+    with pytest.raises(FileNotFoundError, match="is not set"):
+        of.featurize(name="p1", sequence=SEQ, pdb_path=None, cfg={"openfold": {}})
+
+
+def test_unknown_residue_letter_rejected(tmp_path):
+    with pytest.raises(ValueError, match=r"p1: .*\['B', 'X'\] outside the 20 amino acids"):
+        of.featurize(name="p1", sequence="MKXTB", pdb_path=None, cfg=features_cfg(tmp_path / "w.pt"))
+
+
+@pytest.mark.parametrize("bad, match", [({"pair_dtype": "bfloat16"}, "pair_dtype"), ({"recycle": 3}, "unknown keys"),
+                                        ({"recycles": -1}, "recycles"), ({"chunk_size": 0}, "chunk_size")])
+def test_bad_settings_rejected(tmp_path, bad, match):
+    with pytest.raises(ValueError, match=match):
+        of.OpenFoldSettings.from_config(features_cfg(tmp_path / "w.pt", **bad))
+
+
+# --- model runs (tiny preset variant) ------------------------------------------------------------------------------
+
+def test_shapes_dtypes_attrs_and_determinism(tiny_weights):
+    single, pair, attrs = of.featurize(name="p1", sequence=SEQ, pdb_path=None, cfg=features_cfg(tiny_weights))
+    assert single.shape == (len(SEQ), 384) and single.dtype == np.float32
+    assert pair.shape == (len(SEQ), len(SEQ), 128) and pair.dtype == np.float32
+    assert np.isfinite(single).all() and np.isfinite(pair).all() and single.std() > 0 and pair.std() > 0
+    assert attrs["weights_sha256"] == sha256sum(tiny_weights)
+    assert (attrs["preset"], attrs["recycles"], attrs["sequence"], attrs["msa"]) == ("model_3_ptm", 1, SEQ,
+                                                                                     "single_sequence")
+
+    of._runner.cache_clear()  # a freshly loaded model gives bit-identical features
+    single2, pair2, _ = of.featurize(name="p1", sequence=SEQ, pdb_path=None, cfg=features_cfg(tiny_weights))
+    np.testing.assert_array_equal(single, single2)
+    np.testing.assert_array_equal(pair, pair2)
+
+    half = of.featurize(name="p1", sequence=SEQ, pdb_path=None,
+                        cfg=features_cfg(tiny_weights, pair_dtype="float16"))[1]
+    assert half.dtype == np.float16
+    np.testing.assert_allclose(half, pair, rtol=1e-3, atol=1e-2)
+
+    no_recycling = of.featurize(name="p1", sequence=SEQ, pdb_path=None,
+                                cfg=features_cfg(tiny_weights, recycles=0))[0]
+    assert np.abs(no_recycling - single).max() > 1e-3  # the recycles setting reaches the model
+
+
+def test_identical_sequences_are_computed_once(tiny_weights, tmp_path, monkeypatch):
+    cfg = features_cfg(tiny_weights, cache_dir=str(tmp_path / "cache"))
+    single, pair, attrs = of.featurize(name="p1", sequence=SEQ, pdb_path=None, cfg=cfg)
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [f"{attrs['cache_key']}.npz"]
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model ran for a cached sequence")
+
+    monkeypatch.setattr(of, "_runner", no_model)
+    single2, pair2, attrs2 = of.featurize(name="p1_copy", sequence=SEQ, pdb_path=None, cfg=cfg)
+    np.testing.assert_array_equal(single, single2)
+    np.testing.assert_array_equal(pair, pair2)
+    assert attrs2 == attrs
+    with pytest.raises(AssertionError, match="model ran"):  # any change to what the features depend on recomputes
+        of.featurize(name="p1", sequence=SEQ, pdb_path=None, cfg={**cfg, "openfold": {**cfg["openfold"], "seed": 1}})
+
+
+def test_msa_file_is_used_and_checked(tiny_weights, tmp_path):
+    msa_dir = tmp_path / "msas"
+    msa_dir.mkdir()
+    # a3m: lowercase letters are insertions (dropped, counted in the deletion matrix), '-' gaps
+    (msa_dir / "p1.a3m").write_text(f">p1\n{SEQ}\n>hom1\nMKSAYIcAKQ-\n>hom2\nMRTAYLAKgaQK\n")
+    single_seq = of.featurize(name="p1", sequence=SEQ, pdb_path=None, cfg=features_cfg(tiny_weights))[0]
+    single, _, attrs = of.featurize(name="p1", sequence=SEQ, pdb_path=None,
+                                    cfg=features_cfg(tiny_weights, msa_dir=str(msa_dir)))
+    assert attrs["msa"] == "p1.a3m" and attrs["msa_sha256"] == sha256sum(msa_dir / "p1.a3m")
+    assert np.abs(single - single_seq).max() > 1e-3
+
+    (msa_dir / "p2.a3m").write_text(">p2\nMKTAYIAKQQ\n")
+    with pytest.raises(ValueError, match="is not the query sequence"):
+        of.featurize(name="p2", sequence=SEQ, pdb_path=None, cfg=features_cfg(tiny_weights, msa_dir=str(msa_dir)))
+    (msa_dir / "p4.a3m").write_text(f">p4\n{SEQ}\n>short\nMKTAYIAKQ\n")
+    with pytest.raises(ValueError, match="aligned sequence 2 has 9 match columns, the query has 10"):
+        of.featurize(name="p4", sequence=SEQ, pdb_path=None, cfg=features_cfg(tiny_weights, msa_dir=str(msa_dir)))
+    with pytest.raises(FileNotFoundError, match="p3.a3m does not exist"):
+        of.featurize(name="p3", sequence=SEQ, pdb_path=None, cfg=features_cfg(tiny_weights, msa_dir=str(msa_dir)))
+
+
+def test_training_checkpoint_layout_and_mismatched_weights(tiny_weights, tmp_path):
+    state = torch.load(tiny_weights, weights_only=True)
+    wrapped = tmp_path / "openfold_training.ckpt"
+    torch.save({"ema": {"params": state}}, wrapped)
+    np.testing.assert_array_equal(
+        of.featurize(name="p1", sequence=SEQ, pdb_path=None, cfg=features_cfg(wrapped))[0],
+        of.featurize(name="p1", sequence=SEQ, pdb_path=None, cfg=features_cfg(tiny_weights))[0])
+
+    with pytest.raises(ValueError, match=r"does not match preset 'model_3_ptm'.* 0 missing keys.* unexpected keys"):
+        of.featurize(name="p1", sequence=SEQ, pdb_path=None, cfg=features_cfg(tiny_weights, evoformer_blocks=1))
+
+
+def test_trimmed_msa_padding_gives_openfolds_own_outputs(tiny_weights):
+    """Our only change to OpenFold's inference: pad the MSA to its own row count, not 512 + 5120 masked rows."""
+    from openfold.data import data_pipeline, feature_pipeline
+
+    runner = of._runner(str(tiny_weights), sha256sum(tiny_weights), "model_3_ptm", 1, 4, 2, "cpu")
+    ours = runner.evoformer_outputs(SEQ, ([SEQ], [[0] * len(SEQ)]), seed=0)
+    raw = {**data_pipeline.make_sequence_features(sequence=SEQ, description="query", num_res=len(SEQ)),
+           **data_pipeline.make_msa_features(msas=[[SEQ]], deletion_matrices=[[[0] * len(SEQ)]])}
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(0)
+        batch = feature_pipeline.FeaturePipeline(runner.config.data).process_features(raw, mode="predict")
+        assert batch["extra_msa"].shape[0] == 5120
+        out = runner.model(batch)
+    # equal up to float32 summation order (|single| ~ 5, |pair| ~ 70)
+    np.testing.assert_allclose(ours[0], out["single"].numpy(), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(ours[1], out["pair"].numpy(), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_full_model_3_ptm_preset(tmp_path):
+    """The real 48-block preset (about 93M parameters) with 3 recycles, loaded from an official-format file."""
+    weights = write_random_checkpoint(tmp_path / "finetuning_no_templ_ptm_1.pt", None)
+    cfg = {"openfold": {"weights": str(weights), "cache_dir": None}}
+    single, pair, attrs = of.featurize(name="p1", sequence=SEQ[:8], pdb_path=None, cfg=cfg)
+    assert single.shape == (8, 384) and pair.shape == (8, 8, 128) and attrs["recycles"] == 3
+    assert np.isfinite(single).all() and np.isfinite(pair).all()
+    runner = of._runner(str(weights), attrs["weights_sha256"], "model_3_ptm", 3, 4, None, "cpu")
+    assert len(runner.model.evoformer.blocks) == 48
+    assert sum(p.numel() for p in runner.model.parameters()) > 90_000_000
+    of._runner.cache_clear()
