@@ -22,7 +22,8 @@ def _density(omega: float | np.ndarray, sigma: float) -> np.ndarray:
 
 
 def _l_series_angle_density(omega: np.ndarray, sigma: float, l_max: int = 2000) -> np.ndarray:
-    """Independent reference: (1 - cos w)/pi * sum_l (2l+1) exp(-l(l+1) eps^2) sin((l+1/2) w)/sin(w/2), eps = sigma/sqrt2."""
+    """Independent reference, Leach et al.: (1 - cos w)/pi * sum_l (2l+1) exp(-l(l+1) eps^2) sin((l+1/2) w)/sin(w/2)
+    with eps = sigma / sqrt(2)."""
     eps2 = sigma**2 / 2
     l = np.arange(l_max + 1)[:, None]
     f = ((2 * l + 1) * np.exp(-l * (l + 1) * eps2) * np.sin((l + 0.5) * omega) / np.sin(omega / 2)).sum(0)

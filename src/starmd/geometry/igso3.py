@@ -1,7 +1,7 @@
 """IGSO(3), the isotropic Gaussian on SO(3): density, score and sampling of the law of Brownian motion on SO(3).
 
 Convention (Leach et al. 2022, "Denoising diffusion probabilistic models on SO(3)", with sigma = sqrt(2) * epsilon).
-The density w.r.t. the normalised Haar measure of a rotation whose angle is omega is the truncated series
+The density w.r.t. the normalised Haar measure of a rotation whose angle is omega is the series
 
     f(omega; sigma) = sum_l (2l + 1) exp(-l(l+1) sigma^2 / 2) sin((l + 1/2) omega) / sin(omega / 2),
 
@@ -14,11 +14,15 @@ this limit, the normalisation and the agreement with the l-series above).
 
 We evaluate the same function through its Poisson-resummed (winding) form, an exact identity:
 
-    f = sqrt(pi) (sqrt(2)/sigma)^3 e^{sigma^2/8} / sin(omega/2) * sum_k (-1)^k (omega - 2 pi k)/2 e^{-(omega - 2 pi k)^2 / (2 sigma^2)}.
+    f = sqrt(pi) (sqrt(2)/sigma)^3 e^{sigma^2/8} / sin(omega/2)
+        * sum_{k in Z} (-1)^k (omega - 2 pi k)/2 exp(-(omega - 2 pi k)^2 / (2 sigma^2))
+
+(Poisson summation over the odd integers m = 2l + 1 of m e^{-m^2 sigma^2/8} sin(m omega/2); the k-th term carries
+the geodesics that wrap k extra times around the rotation axis.)
 
 Written relative to the k = 0 Gaussian it has neither cancellation nor underflow at small sigma, where the l-series
 needs l ~ 10 / sigma terms and loses every digit in the tails (a score of garbage for a bad x0 prediction). Terms
-|k| <= K with K(K+1) > 2.6 sigma^2 (K = 2 at sigma = 1.5, 6 at SIGMA_MAX) leave a relative error below e^-50.
+|k| <= K with K(K+1) > 50 sigma^2 / (2 pi^2) (K = 2 at sigma = 1.5, 6 at SIGMA_MAX) leave a relative error below e^-50.
 
 Sampling is by inverse CDF: `IGSO3` tabulates the angle quantiles on a (log sigma) x (standard-normal quantile z)
 grid, rebuilt in well under a second at construction (no cache file), and interpolates bilinearly on any device.
