@@ -1,0 +1,50 @@
+"""`featurize`: start structure (+ sequence) -> data/features/{featurizer}/{name}.h5 through the chosen featurizer."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from starmd.data.residues import protein_residues
+from starmd.features import FEATURIZERS, get_featurizer
+from starmd.features.io import write_features
+
+log = logging.getLogger(__name__)
+
+
+def _features_config(text: str) -> dict:
+    cfg = json.loads(text)
+    if not isinstance(cfg, dict):
+        raise ValueError(f"--config-json: expected a JSON object (the features section), got {type(cfg).__name__}")
+    unknown = sorted(set(cfg) - {"featurizer", *FEATURIZERS})
+    if unknown:
+        raise ValueError(f"features config: unknown key(s) {unknown}; allowed: featurizer, {', '.join(FEATURIZERS)}")
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m starmd featurize", description=__doc__.split("\n")[0])
+    parser.add_argument("--featurizer", required=True, choices=sorted(FEATURIZERS))
+    parser.add_argument("--name", required=True, help="protein name")
+    parser.add_argument("--pdb", required=True, type=Path, help="start structure; its residues give the sequence")
+    parser.add_argument("--out", required=True, type=Path, help="data/features/{featurizer}/{name}.h5")
+    parser.add_argument("--config-json", required=True, help="JSON of the `features` config section")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    cfg = _features_config(args.config_json)
+    if not args.pdb.is_file():
+        raise FileNotFoundError(f"{args.pdb}: no such file (--pdb)")
+    import mdtraj as md
+
+    sequence = protein_residues(md.load_topology(str(args.pdb)), str(args.pdb))[0]
+    t0 = time.perf_counter()
+    single, pair, attrs = get_featurizer(args.featurizer)(name=args.name, sequence=sequence, pdb_path=args.pdb,
+                                                          cfg=cfg)
+    write_features(args.out, single, pair, {**attrs, "name": args.name, "featurizer": args.featurizer})
+    log.info("%s: %s features single %s pair %s in %.1f s -> %s", args.name, args.featurizer, single.shape,
+             pair.shape, time.perf_counter() - t0, args.out)
+    return 0
