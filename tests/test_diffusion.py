@@ -212,3 +212,20 @@ def test_cuda_matches_shapes_and_t_zero(diffuser):
     assert torch.equal(out["rigids_t"].trans[0], rigids.trans[0])
     step = diffuser.reverse(out["rigids_t"], out["rot_score"], out["trans_score"], 0.5, 0.01, gen)
     assert torch.isfinite(step.rots).all() and step.device.type == "cuda"
+
+
+def test_schema_defaults_are_the_constructor_defaults(repo_root):
+    """schemas/diffusion.schema.yaml documents exactly the keyword arguments SE3Diffuser passes on."""
+    import inspect
+
+    import jsonschema
+    import yaml
+
+    schema = yaml.safe_load((repo_root / "schemas" / "diffusion.schema.yaml").read_text())
+    jsonschema.Draft7Validator.check_schema(schema)
+    for cls, section in ((R3Diffuser, "r3"), (SO3Diffuser, "so3")):
+        params = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items() if k != "self"}
+        documented = {k: v["default"] for k, v in schema["properties"][section]["properties"].items()}
+        assert documented == params
+    with pytest.raises(jsonschema.ValidationError, match="l_max"):
+        jsonschema.validate({"so3": {"l_max": 1000}}, schema)
