@@ -14,7 +14,7 @@ d log f / d omega, and `reverse` composes its update on the right too. (IGSO3 is
 noise would give the same law of R_t; the frame only matters for how a score vector is read.)
 
 Prior. Haar-uniform rotations. The reverse process must start from a law that does not depend on the unknown R_0;
-IGSO3(R_0, 1.4967) is not quite uniform (total variation 0.13 between its angle law and the Haar angle law), the gap that
+IGSO3(R_0, 1.4967) is not quite uniform (total variation 0.13 between its angle law and the Haar angle law), a gap
 FrameDiff accepts too.
 """
 
