@@ -8,8 +8,10 @@ real preset). The slow test runs the full 48-block preset once.
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -212,6 +214,30 @@ def test_trimmed_msa_padding_gives_openfolds_own_outputs(tiny_weights):
     # equal up to float32 summation order (|single| ~ 5, |pair| ~ 70)
     np.testing.assert_allclose(ours[0], out["single"].numpy(), rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(ours[1], out["pair"].numpy(), rtol=1e-5, atol=1e-4)
+
+
+def test_cli_writes_the_offline_featurizers_schema(tiny_weights, demo_protein, tmp_path):
+    """`python -m starmd featurize` with either featurizer: same datasets, dtypes, N and shared attrs."""
+    from starmd.features import cli
+    from starmd.features.io import read_features
+
+    outs = {}
+    for featurizer, sub in (("offline", {}), ("openfold", features_cfg(tiny_weights)["openfold"])):
+        outs[featurizer] = tmp_path / featurizer / f"{demo_protein.name}.h5"
+        assert cli.main(["--featurizer", featurizer, "--name", demo_protein.name, "--pdb", str(demo_protein.pdb),
+                         "--out", str(outs[featurizer]), "--config-json",
+                         json.dumps({"featurizer": featurizer, featurizer: sub})]) == 0
+    with h5py.File(outs["offline"], "r") as off, h5py.File(outs["openfold"], "r") as ofd:
+        assert set(off) == set(ofd) == {"single", "pair"}
+        assert {k: off[k].dtype for k in off} == {k: ofd[k].dtype for k in ofd}
+        assert off["single"].shape[0] == ofd["single"].shape[0] == off["pair"].shape[0] == ofd["pair"].shape[1]
+        shared = {"name", "featurizer", "sequence", "c_s", "c_z"}
+        assert shared <= set(off.attrs) and shared <= set(ofd.attrs)
+    feats = read_features(outs["openfold"])
+    assert feats["single"].shape == (6, 384) and feats["pair"].shape == (6, 6, 128)
+    attrs = feats["attrs"]
+    assert (attrs["featurizer"], attrs["sequence"], attrs["c_s"], attrs["c_z"]) == ("openfold", "GAWKEA", 384, 128)
+    assert attrs["weights_sha256"] == sha256sum(tiny_weights) and attrs["preset"] == "model_3_ptm"
 
 
 @pytest.mark.slow
