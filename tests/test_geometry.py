@@ -64,8 +64,6 @@ def test_exp_matches_scipy_and_log_inverts_exp_including_near_zero_and_pi():
     assert (back.norm(dim=-1) <= math.pi + 1e-12).all()
 
 
-@pytest.mark.xfail(strict=True, reason="so3.rotvec_to_rotmat: sqrt(angle2) backward at angle 0 is inf * 0 = NaN "
-                   "despite its docstring; fix: take the sqrt of torch.where(small, 1, angle2)")
 def test_exp_gradient_is_finite_at_identity():
     v = torch.zeros(2, 3, dtype=F64, requires_grad=True)
     rotvec_to_rotmat(v).sum().backward()

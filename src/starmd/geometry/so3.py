@@ -32,9 +32,9 @@ def rotvec_to_rotmat(v: torch.Tensor) -> torch.Tensor:
     Uses Taylor expansions of sin(a)/a and (1-cos a)/a^2 near zero so gradients stay finite at the identity.
     """
     angle2 = (v * v).sum(-1, keepdim=True).unsqueeze(-1)  # [..., 1, 1]
-    angle = angle2.clamp_min(0).sqrt()
-    small = angle < 1e-4
-    safe = torch.where(small, torch.ones_like(angle), angle)
+    small = angle2 < 1e-8
+    # sqrt of a masked value: sqrt's backward at 0 is inf, and inf * 0 would poison the gradient with NaN.
+    safe = torch.where(small, torch.ones_like(angle2), angle2).sqrt()
     a = torch.where(small, 1 - angle2 / 6 + angle2**2 / 120, torch.sin(safe) / safe)
     b = torch.where(small, 0.5 - angle2 / 24 + angle2**2 / 720, (1 - torch.cos(safe)) / safe**2)
     k = hat(v)
