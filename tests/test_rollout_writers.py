@@ -1,4 +1,4 @@
-"""Rollout outputs: HDF5 round trip, PDB + per-sample XTC that mdtraj opens with the right units, CA validity."""
+"""Rollout outputs: HDF5 round trip, PDB + per-sample XTC that mdtraj opens with the right units."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from starmd.geometry import Rigid, random_rotation
-from starmd.rollout.validity import ca_validity
+from starmd.evaluation.metrics import ca_valid
 from starmd.rollout.writers import RolloutRecord, read_rollout_h5, sample_xtc_path, write_outputs
 
 
@@ -37,7 +37,7 @@ def record() -> RolloutRecord:
     translations = torch.stack(trans).reshape(s, f, n, 3).numpy()
     return RolloutRecord(
         rotations=rotations, translations=translations, time_ps=100.0 * np.arange(1, f + 1),
-        validity=ca_validity(torch.from_numpy(translations)).numpy(), start_rotations=start.rots.numpy(),
+        validity=ca_valid(translations.reshape(s * f, n, 3)).reshape(s, f), start_rotations=start.rots.numpy(),
         start_translations=start.trans.numpy(), aatype=np.array([0, 7, 14, 19, 4, 5, 6]),
         residue_index=np.arange(1, n + 1), attrs={"sequence": "AGPVCQE", "delta_t_ps": 100.0, "seed": 3,
                                                    "cache": {"peak_bytes": 10}})
@@ -76,14 +76,3 @@ def test_record_shape_mismatch_names_the_field(record):
     with pytest.raises(ValueError, match="time_ps"):
         RolloutRecord(**{**record.__dict__, "time_ps": np.zeros(5)})
 
-
-def test_ca_validity_clash_and_break():
-    ca = _helix_frames(8).trans
-    assert bool(ca_validity(ca))
-    broken = ca.clone()
-    broken[4:] += torch.tensor([0.0, 0.0, 1.0])  # stretch one CA-CA bond past 4.2 A
-    # a 4-residue hook: every adjacent CA pair 3.8 A apart, but residues 0 and 3 only 2.06 A apart
-    hook = torch.tensor([[0.0, 0, 0], [3.8, 0, 0], [3.8, 3.8, 0], [0.5, 2.0, 0]], dtype=torch.float64)
-    compressed = torch.tensor([[2.9 * i, 0.0, 0.0] for i in range(5)])  # adjacent pairs < 3 A are bonds, not clashes
-    assert ca_validity(hook).item() is False and ca_validity(compressed).item() is True
-    assert ca_validity(torch.stack([ca, broken])).tolist() == [True, False]

@@ -1,0 +1,69 @@
+"""The `rollout` config section as a validated dataclass; keys match `schemas/rollout.schema.yaml` one to one."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    n_frames: int = 50  # F: frames generated after the start structure
+    delta_t_ps: float = 100.0  # physical time per generated frame
+    n_samples: int = 2  # independent trajectories, sampled as one batch
+    steps: int = 200  # reverse-diffusion steps per frame (paper: 200)
+    t_min: float = 0.01  # reverse diffusion runs from t = 1 to t_min
+    tau: float = 0.05  # contextual noise (diffusion time) added to each finished frame before it is cached; 0 = off
+    context_window: int = 0  # K most recent frames held in the KV cache; 0 = all frames
+    seed: int = 0
+    use_ema: bool = True  # sample with the EMA weights (else the raw trained weights)
+    bf16: bool = False  # bf16 autocast for the network (CUDA only; geometry stays fp32)
+    device: str = "auto"  # "auto" (CUDA when present), "cpu" or "cuda"
+    progress_bar: bool = True
+
+    def __post_init__(self) -> None:
+        for key in ("n_frames", "n_samples", "steps"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"rollout.{key} must be >= 1, got {getattr(self, key)}")
+        if not self.delta_t_ps > 0:
+            raise ValueError(f"rollout.delta_t_ps must be > 0 ps, got {self.delta_t_ps}")
+        if not 0 < self.t_min < 1:
+            raise ValueError(f"rollout.t_min must be in (0, 1), got {self.t_min}")
+        if not 0 <= self.tau < 1:
+            raise ValueError(f"rollout.tau must be in [0, 1), got {self.tau}")
+        if self.context_window < 0:
+            raise ValueError(f"rollout.context_window must be >= 0 (0 = all frames), got {self.context_window}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"rollout.device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RolloutConfig":
+        """Reject unknown keys and wrongly typed values by name (an int is accepted where a float is expected)."""
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - set(defaults))
+        if unknown:
+            raise ValueError(f"unknown rollout config key(s) {unknown}; allowed: {sorted(defaults)}")
+        out = {}
+        for key, value in d.items():
+            expected = type(defaults[key])
+            if expected is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+                raise ValueError(f"rollout.{key} must be {expected.__name__}, got {value!r}")
+            out[key] = value
+        return cls(**out)
+
+    @classmethod
+    def from_json(cls, text: str) -> "RolloutConfig":
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--config-json is not valid JSON ({exc})") from exc
+        if not isinstance(d, dict):
+            raise ValueError(f"--config-json must be a JSON object (the rollout section), got {type(d).__name__}")
+        return cls.from_dict(d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

@@ -1,0 +1,124 @@
+"""Rollout inputs: the trained network from a checkpoint, a protein's frozen features and its starting frame.
+
+Every mismatch between the three (feature widths vs the checkpoint, residue count or sequence of the features vs the
+structure) is an error naming both files, raised before any sampling starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+
+from starmd.features.io import read_features
+from starmd.geometry import Rigid
+from starmd.model.network import StarMD
+from starmd.training.checkpoint import load_checkpoint
+
+_EMA_PREFIX = "module."  # torch.optim.swa_utils.AveragedModel keeps the averaged model under `module`
+
+
+@dataclass(frozen=True)
+class Features:
+    single: torch.Tensor  # [N, c_s]
+    pair: torch.Tensor  # [N, N, c_z]
+    sequence: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class StartStructure:
+    frames: Rigid  # [N] (Angstrom)
+    sequence: str
+    aatype: np.ndarray  # [N]
+    residue_index: np.ndarray  # [N]
+    dt_ps: float  # spacing of the stored MD frames (the unit of the training strides)
+    source: str  # "frames.h5:start" or "frames.h5:replicas/R1[k]"
+
+
+def load_features(path: str | Path) -> Features:
+    path = Path(path)
+    raw = read_features(path)
+    if "sequence" not in raw["attrs"]:
+        raise ValueError(f"{path}: missing root attribute 'sequence'")
+    single = torch.from_numpy(np.asarray(raw["single"], dtype=np.float32))
+    pair = torch.from_numpy(np.asarray(raw["pair"], dtype=np.float32))
+    sequence = str(raw["attrs"]["sequence"])
+    n = single.shape[0]
+    if single.ndim != 2 or pair.ndim != 3 or pair.shape[:2] != (n, n) or len(sequence) != n:
+        raise ValueError(f"{path}: expected single [N, c_s], pair [N, N, c_z] and a length-N sequence; got single "
+                         f"{tuple(single.shape)}, pair {tuple(pair.shape)}, sequence of length {len(sequence)}")
+    return Features(single, pair, sequence, path)
+
+
+def load_start(path: str | Path, replica: str | None = None, frame: int | None = None) -> StartStructure:
+    """The `start` group of a frames HDF5, or MD frame `frame` of `replicas/{replica}` when a replica is given."""
+    path = Path(path)
+    with h5py.File(path, "r") as h5:
+        for key in ("sequence", "dt_ps"):
+            if key not in h5.attrs:
+                raise ValueError(f"{path}: missing root attribute {key!r} (frames schema, docs/architecture.md)")
+        if replica is None:
+            if frame is not None:
+                raise ValueError("a start frame index needs a replica (--start-replica R1 --start-frame k)")
+            group, index, source = h5["start"], (), f"{path}:start"
+        else:
+            if f"replicas/{replica}" not in h5:
+                raise ValueError(f"{path}: no replica {replica!r}; available: {sorted(h5['replicas'])}")
+            group = h5["replicas"][replica]
+            n_frames = group["translations"].shape[0]
+            k = 0 if frame is None else frame
+            if not -n_frames <= k < n_frames:
+                raise ValueError(f"{path}: replica {replica} has {n_frames} frames; start frame {k} is out of range")
+            index, source = (k,), f"{path}:replicas/{replica}[{k}]"
+        rots = torch.from_numpy(np.asarray(group["rotations"][index], dtype=np.float64))
+        trans = torch.from_numpy(np.asarray(group["translations"][index], dtype=np.float64))
+        return StartStructure(Rigid(rots, trans), str(h5.attrs["sequence"]), h5["aatype"][()],
+                              h5["residue_index"][()], float(h5.attrs["dt_ps"]), source)
+
+
+def check_match(features: Features, start: StartStructure) -> None:
+    """Features and structure must describe the same chain, residue for residue."""
+    n_feat, n_start = features.single.shape[0], start.frames.shape[0]
+    if n_feat != n_start:
+        raise ValueError(f"{features.path} has N = {n_feat} residues but the start structure {start.source} has "
+                         f"N = {n_start}")
+    if features.sequence != start.sequence:
+        diff = [i for i, (a, b) in enumerate(zip(features.sequence, start.sequence)) if a != b]
+        raise ValueError(f"sequence of {features.path} differs from the start structure {start.source} at residue "
+                         f"position(s) {diff[:10]}: {features.sequence!r} vs {start.sequence!r}")
+
+
+def load_model(path: str | Path, features: Features, use_ema: bool = True) -> tuple[StarMD, dict[str, Any], str]:
+    """Rebuild the network from a training checkpoint (`config["model"]`) and load its EMA (or raw) weights.
+
+    Returns (model in eval mode on CPU, the checkpoint's config dict {"training", "model", "diffusion"}, the key of
+    the weights used). The frozen-feature widths are not config keys, so they are checked against the checkpoint's
+    input layers before loading: a features file from another featurizer is an error naming both widths.
+    """
+    path = Path(path)
+    ckpt = load_checkpoint(path, map_location="cpu")
+    config = ckpt["config"]
+    if "model" not in config or "diffusion" not in config:
+        raise ValueError(f"{path}: checkpoint config lacks the 'model'/'diffusion' sections needed to rebuild it")
+    if use_ema:
+        state = {k[len(_EMA_PREFIX):]: v for k, v in ckpt["ema"].items() if k.startswith(_EMA_PREFIX)}
+        which = "ema"
+    else:
+        state, which = ckpt["model"], "model"
+    c_s, c_z = features.single.shape[-1], features.pair.shape[-1]
+    model = StarMD(c_s_in=c_s, c_z_in=c_z, **config["model"])
+    for name, dim, got in (("single", "c_s", c_s), ("pair", "c_z", c_z)):
+        key = f"{name}_in.0.weight"  # the input LayerNorm: its width is the features' channel count
+        if key not in state:
+            raise ValueError(f"{path}: {which} weights lack {key!r}; not a StarMD checkpoint?")
+        trained = state[key].shape[0]
+        if trained != got:
+            raise ValueError(f"{path} was trained on {name} features with {dim} = {trained} channels, but "
+                             f"{features.path} has {dim} = {got} (features from another featurizer?)")
+    model.load_state_dict(state)
+    return model.eval(), config, which

@@ -1,0 +1,149 @@
+"""Autoregressive rollout (STAR-MD, DESIGN.md section 4): one frame at a time, each by reverse SE(3) diffusion against
+the context of the frames before it; a finished frame is re-noised to diffusion time tau (contextual noise) before it
+enters the context, as the context frames were during training.
+
+Order of random draws (one torch.Generator per rollout, so a seed fixes every trajectory): contextual noise of the
+start frame; then per frame: the prior sample, one draw per reverse step, the contextual noise of the finished frame.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+from tqdm import tqdm
+
+from starmd.diffusion import SE3Diffuser
+from starmd.geometry import Rigid
+from starmd.model.network import StarMD
+from starmd.rollout.config import RolloutConfig
+from starmd.rollout.context import CachedContext, Context, RecomputedContext
+
+_PS_PER_NS = 1000.0
+_S_PER_DAY = 86400.0
+
+
+@dataclass(frozen=True)
+class Rollout:
+    rotations: torch.Tensor  # [S, F, N, 3, 3]
+    translations: torch.Tensor  # [S, F, N, 3] Angstrom
+    time_ps: torch.Tensor  # [F]: delta_t, 2 delta_t, ... after the start frame
+    wall_s: float
+    peak_cache_bytes: int  # 0 for the recomputed (cache-free) reference
+
+
+def time_grid(steps: int, t_min: float) -> list[float]:
+    """Diffusion times at which the network is evaluated: steps points from 1 down to t_min (just [1.0] for 1)."""
+    return torch.linspace(1.0, t_min, steps, dtype=torch.float64).tolist() if steps > 1 else [1.0]
+
+
+def centred(frames: Rigid) -> Rigid:
+    """Subtract each structure's CA centroid ([..., N]): the frames the network was trained on are centred."""
+    return Rigid(frames.rots, frames.trans - frames.trans.mean(dim=-2, keepdim=True))
+
+
+def make_context(model: StarMD, single: torch.Tensor, pair: torch.Tensor, n_samples: int, delta_t_ps: float,
+                 window: int | None, use_cache: bool) -> Context:
+    """Context for n_samples trajectories of one protein (features [N, c_s], [N, N, c_z] shared by expansion)."""
+    n = single.shape[0]
+    dtype, device = single.dtype, single.device
+    args = (single.expand(n_samples, *single.shape), pair.expand(n_samples, *pair.shape),
+            torch.ones(n_samples, n, dtype=dtype, device=device),
+            torch.full((n_samples,), delta_t_ps, dtype=dtype, device=device), window)
+    return CachedContext(model, *args) if use_cache else RecomputedContext(model, *args)
+
+
+def denoise_frame(context: Context, diffuser: SE3Diffuser, frame_time_ps: float, shape: tuple[int, int],
+                  cfg: RolloutConfig, generator: torch.Generator, dtype: torch.dtype, device: torch.device,
+                  autocast: Callable[[], contextlib.AbstractContextManager]) -> Rigid:
+    """Reverse diffusion of one new frame Rigid [B, N] from the prior at t = 1 to the x0 prediction at t_min."""
+    b = shape[0]
+    x = diffuser.sample_ref(shape, generator, dtype=dtype, device=device)
+    frame_time = torch.full((b,), frame_time_ps, dtype=dtype, device=device)
+    ts = time_grid(cfg.steps, cfg.t_min)
+    for i, t in enumerate(ts):
+        with autocast():
+            pred = context.denoise(x, torch.full((b,), t, dtype=dtype, device=device), frame_time)
+        pred = pred.to(dtype)
+        if i + 1 == len(ts):
+            break
+        rot_score = diffuser.calc_rot_score(x.rots, pred.rots, t)
+        trans_score = diffuser.calc_trans_score(x.trans, pred.trans, t)
+        x = diffuser.reverse(x, rot_score, trans_score, t, t - ts[i + 1], generator)
+    return centred(pred)
+
+
+def iter_frames(context: Context, diffuser: SE3Diffuser, start: Rigid, cfg: RolloutConfig,
+                generator: torch.Generator,
+                autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+                ) -> Iterator[Rigid]:
+    """Yield the F generated frames Rigid [B, N] in order; start Rigid [B, N] (Angstrom) enters the context first.
+
+    Every frame, the start included, is re-noised to tau before `context.append` (skipped when tau = 0: the
+    contextual-noise ablation). Frame l has physical time l * delta_t (the start is frame 0).
+    """
+    b, n = start.shape
+    dtype, device = start.dtype, start.device
+
+    def enter(frame: Rigid, frame_time_ps: float) -> None:
+        noisy = diffuser.contextual_noise(frame, cfg.tau, generator) if cfg.tau > 0 else frame
+        with autocast():
+            context.append(noisy, torch.full((b,), cfg.tau, dtype=dtype, device=device),
+                           torch.full((b,), frame_time_ps, dtype=dtype, device=device))
+
+    enter(centred(start), 0.0)
+    for f in range(1, cfg.n_frames + 1):
+        frame = denoise_frame(context, diffuser, f * cfg.delta_t_ps, (b, n), cfg, generator, dtype, device, autocast)
+        yield frame
+        enter(frame, f * cfg.delta_t_ps)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("rollout.device is 'cuda' but no CUDA device is available (use 'auto' or 'cpu')")
+    return torch.device(name)
+
+
+def run_rollout(model: StarMD, diffuser: SE3Diffuser, single: torch.Tensor, pair: torch.Tensor, start: Rigid,
+                cfg: RolloutConfig, *, use_cache: bool = True, label: str = "rollout") -> Rollout:
+    """n_samples trajectories of F frames from one start frame Rigid [N], with features single [N, c_s] and pair
+    [N, N, c_z]. Runs on the model's device and dtype; bf16 autocast only on CUDA. Shows a tqdm bar (frames, ns
+    generated per trajectory, ns/day summed over the batch) and prints a summary line to stderr."""
+    param = next(model.parameters())
+    dtype, device = param.dtype, param.device
+    single, pair = single.to(device=device, dtype=dtype), pair.to(device=device, dtype=dtype)
+    window = cfg.context_window or None
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    bf16 = cfg.bf16 and device.type == "cuda"
+
+    def autocast() -> contextlib.AbstractContextManager:
+        return torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+    starts = start.to(device=device, dtype=dtype).unsqueeze(0).expand(cfg.n_samples, start.shape[0])
+    rots, trans = [], []
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        context = make_context(model, single, pair, cfg.n_samples, cfg.delta_t_ps, window, use_cache)
+        bar = tqdm(total=cfg.n_frames, desc=label, unit="frame", disable=not cfg.progress_bar, file=sys.stderr)
+        for f, frame in enumerate(iter_frames(context, diffuser, starts, cfg, generator, autocast), start=1):
+            rots.append(frame.rots.cpu())
+            trans.append(frame.trans.cpu())
+            ns = f * cfg.delta_t_ps / _PS_PER_NS
+            elapsed = time.perf_counter() - t0
+            bar.set_postfix(ns=f"{ns:.3g}", ns_per_day=f"{ns * cfg.n_samples * _S_PER_DAY / elapsed:.3g}")
+            bar.update()
+        bar.close()
+    wall = time.perf_counter() - t0
+    peak = context.peak_nbytes if isinstance(context, CachedContext) else 0
+    total_ns = cfg.n_frames * cfg.delta_t_ps / _PS_PER_NS
+    print(f"{label}: {cfg.n_frames} frames x {cfg.n_samples} samples ({total_ns:.4g} ns each) in {wall:.1f} s "
+          f"({total_ns * cfg.n_samples * _S_PER_DAY / max(wall, 1e-9):.4g} ns/day); peak KV cache {peak} bytes",
+          file=sys.stderr)
+    return Rollout(torch.stack(rots, dim=1), torch.stack(trans, dim=1),
+                   cfg.delta_t_ps * torch.arange(1, cfg.n_frames + 1, dtype=torch.float64), wall, peak)
