@@ -1,0 +1,110 @@
+"""`python -m starmd train`: train STAR-MD on frames/features HDF5 files into a run directory.
+
+Single process (CPU or one GPU):  python -m starmd train --frames ... --features ... --run-dir runs/x --config-json ..
+Several GPUs / nodes:             torchrun --nproc-per-node 4 -m starmd train <same arguments>
+Rerunning the same command resumes from `run_dir/checkpoints/last.pt`.
+
+Exit status: 0 done (final.pt written); 75 stopped by SIGUSR1/SIGTERM after saving last.pt (rerun to resume, see
+starmd.training.signals); 1 failed (bad input, non-finite loss K steps in a row).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any
+
+import h5py
+import torch
+
+from starmd.diffusion import SE3Diffuser
+from starmd.model import StarMD
+from starmd.training.config import TrainingConfig
+from starmd.training.dataset import FrameWindowDataset
+from starmd.training.distributed import init_distributed, shutdown_distributed
+from starmd.training.loop import NonFiniteLoss, Trainer
+from starmd.training.signals import REQUEUE_EXIT_CODE, Preempted
+
+log = logging.getLogger("starmd.train")
+
+SECTIONS = ("training", "model", "diffusion")
+
+
+def parse_config(text: str) -> dict[str, Any]:
+    """--config-json holds the three sections the run depends on; each one is also stored in the checkpoints."""
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--config-json is not valid JSON: {exc}") from exc
+    if not isinstance(config, dict) or set(config) - set(SECTIONS):
+        raise ValueError(f"--config-json must be an object with sections {list(SECTIONS)}, got keys "
+                         f"{sorted(config) if isinstance(config, dict) else type(config).__name__}")
+    return {s: dict(config.get(s, {})) for s in SECTIONS}
+
+
+def feature_dims(paths: list[str]) -> tuple[int, int]:
+    """(c_s, c_z) shared by every features file; the model's input widths."""
+    dims = set()
+    for p in paths:
+        with h5py.File(p, "r") as f:
+            dims.add((int(f["single"].shape[-1]), int(f["pair"].shape[-1])))
+    if len(dims) != 1:
+        raise ValueError(f"features files disagree on (c_s, c_z): {sorted(dims)}; use one featurizer for a run")
+    return dims.pop()
+
+
+def build_model(config: dict[str, Any], c_s_in: int, c_z_in: int) -> StarMD:
+    """The network from the checkpointed config (rollout calls this too, with dims from the checkpoint)."""
+    return StarMD(c_s_in=c_s_in, c_z_in=c_z_in, **config["model"])
+
+
+def build_diffuser(config: dict[str, Any]) -> SE3Diffuser:
+    return SE3Diffuser(**config["diffusion"])
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m starmd train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--frames", nargs="+", required=True, help="training frames HDF5 files")
+    p.add_argument("--features", nargs="+", required=True, help="features HDF5 files, same order as --frames")
+    p.add_argument("--val-frames", nargs="*", default=[], help="validation frames HDF5 files")
+    p.add_argument("--val-features", nargs="*", default=[], help="validation features, same order as --val-frames")
+    p.add_argument("--run-dir", required=True, help="run directory (checkpoints/, metrics.jsonl)")
+    p.add_argument("--config-json", default="{}", help='{"training": {...}, "model": {...}, "diffusion": {...}}')
+    p.add_argument("--device", default=None, help="torch device (default: cuda:LOCAL_RANK if available, else cpu)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    env = init_distributed(args.device)
+    if not env.is_main:
+        logging.getLogger().setLevel(logging.WARNING)
+    try:
+        config = parse_config(args.config_json)
+        cfg = TrainingConfig.from_dict(config["training"])
+        config["training"] = cfg.to_dict()  # stored with defaults filled in, so resume compares like with like
+        data_kw = dict(num_frames=cfg.num_frames, strides=cfg.strides, crop_size=cfg.crop_size, centre=cfg.centre)
+        train_data = FrameWindowDataset(frames=args.frames, features=args.features, seed=cfg.seed, **data_kw)
+        val_data = (FrameWindowDataset(frames=args.val_frames, features=args.val_features, seed=cfg.seed + 1,
+                                       **data_kw) if args.val_frames else None)
+        c_s_in, c_z_in = feature_dims(list(args.features) + list(args.val_features))
+        config["features"] = {"c_s": c_s_in, "c_z": c_z_in}
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank (DDP also broadcasts them)
+        model = build_model(config, c_s_in, c_z_in)
+        trainer = Trainer(model=model, diffuser=build_diffuser(config), cfg=cfg, config=config,
+                          train_data=train_data, val_data=val_data, run_dir=args.run_dir, env=env)
+        trainer.fit()
+        log.info("training finished: %s", trainer.final_path)
+        return 0
+    except Preempted as exc:
+        log.warning("%s", exc)
+        return REQUEUE_EXIT_CODE
+    except (ValueError, NonFiniteLoss) as exc:
+        log.error("%s", exc)
+        return 1
+    finally:
+        shutdown_distributed()

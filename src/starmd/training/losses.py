@@ -1,0 +1,79 @@
+"""The block-causal denoising loss: all L target frames of a window trained in one forward pass.
+
+Per window: target diffusion times t ~ U[t_min, 1] and contextual-noise times tau ~ U[0, tau_max], one per frame.
+Context frames are the clean frames re-noised to tau (tau_max = 0: exactly clean, the ablation); targets are noised
+to t. The network predicts x0 for every target; the losses follow FrameDiff:
+  rot   |(s_rot(R_t | R_0) - s_rot(R_t | R_0_pred)) / rot_score_scaling(t)|^2  (IGSO3 score matching, O(1) at all t)
+  trans |(x0_pred - x0) * coordinate_scaling|^2                                (x0 loss in nm)
+  dist  (|x_i - x_j|_pred - |x_i - x_j|) ^ 2 * coordinate_scaling^2 over CA pairs closer than dist_loss_cutoff
+        in the clean frame, for targets with t < dist_loss_t_max (auxiliary, FrameDiff's distance-matrix loss)
+Each part is a masked mean over a window's residues and frames, then a plain mean over windows, so the mean of
+per-rank losses (what DDP's gradient averaging computes) equals the loss of the global batch.
+
+All noise comes from one generator per window seeded by the window's `noise_seed` (starmd.training.dataset), so a
+window's loss is the same whichever rank or micro-batch it lands in.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from starmd.geometry import Rigid
+from starmd.training.config import TrainingConfig
+
+
+def _window_generators(noise_seed: torch.Tensor, device: torch.device) -> list[torch.Generator]:
+    return [torch.Generator(device=device).manual_seed(int(s)) for s in noise_seed.tolist()]
+
+
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """x, mask [B, ...] -> [B]: mean of x over the masked entries of each window."""
+    dims = tuple(range(1, x.dim()))
+    return (x * mask).sum(dims) / mask.sum(dims).clamp_min(1)
+
+
+def compute_loss(model: torch.nn.Module, diffuser: Any, batch: dict[str, torch.Tensor],
+                 cfg: TrainingConfig) -> dict[str, torch.Tensor]:
+    """Loss of a batch of windows (see starmd.training.dataset.collate for the keys and shapes).
+
+    Returns dict(loss, rot, trans[, dist]) of scalar tensors; `loss` is the weighted sum that is backpropagated.
+    """
+    rigids_0 = Rigid(batch["rots"], batch["trans"])  # [B, L, N] (A)
+    b, n_frames, _ = rigids_0.shape
+    dtype, device = rigids_0.dtype, rigids_0.device
+    res_mask = batch["res_mask"]  # [B, N]
+    gens = _window_generators(batch["noise_seed"], device)
+    t = torch.stack([cfg.t_min + (1 - cfg.t_min) * torch.rand(n_frames, generator=g, dtype=dtype, device=device)
+                     for g in gens])  # [B, L]
+    tau = torch.stack([cfg.tau_max * torch.rand(n_frames, generator=g, dtype=dtype, device=device)
+                       for g in gens])  # [B, L]
+    noised = [diffuser.forward_marginal(rigids_0[i], t[i], gens[i], diffuse_mask=res_mask[i].expand(n_frames, -1))
+              for i in range(b)]
+    tgt = Rigid.stack([o["rigids_t"] for o in noised], dim=0)  # [B, L, N]
+    ctx = Rigid.stack([diffuser.contextual_noise(rigids_0[i], tau[i], gens[i]) for i in range(b)], dim=0)
+    out = model(batch["single"], batch["pair"], ctx, tau, tgt, t, batch["frame_time_ps"], batch["delta_t_ps"],
+                res_mask)
+    pred: Rigid = out["pred_rigids"]  # [B, L, N] x0 prediction (A)
+    mask = res_mask[:, None, :].expand(b, n_frames, -1)  # [B, L, N]
+
+    rot_score = torch.stack([o["rot_score"] for o in noised])  # [B, L, N, 3]
+    rot_scaling = torch.stack([o["rot_score_scaling"] for o in noised])  # [B, L]
+    pred_rot_score = diffuser.calc_rot_score(tgt.rots, pred.rots, t)  # [B, L, N, 3]
+    rot = (((rot_score - pred_rot_score) / rot_scaling[..., None, None]) ** 2).sum(-1)  # [B, L, N]
+
+    scale = diffuser.r3.coordinate_scaling
+    trans = (((pred.trans - rigids_0.trans) * scale) ** 2).sum(-1)  # [B, L, N]
+
+    parts = {"rot": _masked_mean(rot, mask).mean(), "trans": _masked_mean(trans, mask).mean()}
+    loss = cfg.rot_loss_weight * parts["rot"] + cfg.trans_loss_weight * parts["trans"]
+    if cfg.dist_loss_weight > 0:
+        d_true = torch.cdist(rigids_0.trans, rigids_0.trans)  # [B, L, N, N]
+        d_pred = torch.cdist(pred.trans, pred.trans)
+        pair_mask = (mask[..., :, None] * mask[..., None, :] * (d_true < cfg.dist_loss_cutoff)
+                     * (t < cfg.dist_loss_t_max)[..., None, None])  # [B, L, N, N]
+        pair_mask = pair_mask * (1 - torch.eye(mask.shape[-1], dtype=dtype, device=device))
+        parts["dist"] = _masked_mean(((d_pred - d_true) * scale) ** 2, pair_mask).mean()
+        loss = loss + cfg.dist_loss_weight * parts["dist"]
+    return {"loss": loss, **parts}
