@@ -145,8 +145,10 @@ def test_rollout_is_deterministic_given_the_seed(villin_frames, diffuser):
     a = run_rollout(model, diffuser, single, pair, start, _cfg())
     b = run_rollout(model, diffuser, single, pair, start, _cfg())
     c = run_rollout(model, diffuser, single, pair, start, _cfg(seed=6))
+    no_ctx_noise = run_rollout(model, diffuser, single, pair, start, _cfg(tau=0.0))  # the ablation
     assert torch.equal(a.rotations, b.rotations) and torch.equal(a.translations, b.translations)
     assert (a.translations - c.translations).abs().max() > 1e-2
+    assert (a.translations - no_ctx_noise.translations).abs().max() > 1e-3
     assert (a.translations[0] - a.translations[1]).abs().max() > 1e-2  # the batched samples are independent
     assert a.rotations.shape == (2, 4, N_RES, 3, 3) and a.time_ps.tolist() == [20.0, 40.0, 60.0, 80.0]
     r = a.rotations

@@ -17,6 +17,8 @@ from starmd.model.network import StarMD
 
 
 class Context(Protocol):
+    peak_nbytes: int  # largest KV-cache size reached (0 when nothing is cached)
+
     def denoise(self, frame: Rigid, t: torch.Tensor, frame_time_ps: torch.Tensor) -> Rigid:
         """x0 prediction Rigid [B, N] for a noisy frame [B, N] at diffusion time t [B], time frame_time_ps [B]."""
 
@@ -53,6 +55,7 @@ class RecomputedContext:
                  delta_t_ps: torch.Tensor, window: int | None) -> None:
         self.model, self.single, self.pair, self.res_mask = model, single, pair, res_mask
         self.delta_t_ps, self.window = delta_t_ps, window
+        self.peak_nbytes = 0
         self.frames: list[Rigid] = []  # each [B, N]
         self.taus: list[torch.Tensor] = []  # each [B]
         self.times: list[torch.Tensor] = []  # each [B]

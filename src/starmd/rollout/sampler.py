@@ -140,7 +140,7 @@ def run_rollout(model: StarMD, diffuser: SE3Diffuser, single: torch.Tensor, pair
             bar.update()
         bar.close()
     wall = time.perf_counter() - t0
-    peak = context.peak_nbytes if isinstance(context, CachedContext) else 0
+    peak = context.peak_nbytes
     total_ns = cfg.n_frames * cfg.delta_t_ps / _PS_PER_NS
     print(f"{label}: {cfg.n_frames} frames x {cfg.n_samples} samples ({total_ns:.4g} ns each) in {wall:.1f} s "
           f"({total_ns * cfg.n_samples * _S_PER_DAY / max(wall, 1e-9):.4g} ns/day); peak KV cache {peak} bytes",
