@@ -1,0 +1,78 @@
+# Config validation, protein lists and every input/param helper the rules use (one place, named helpers, no
+# lambdas in rules).
+
+import json
+import shlex
+from pathlib import Path
+
+from snakemake.utils import validate
+
+validate(config, "../schemas/config.schema.yaml")
+
+DATASET = config["dataset"]
+RUN = config["run"]
+RAW = f"data/raw/{DATASET}"
+FEATURIZER = config["features"]["featurizer"]
+
+
+def section_json(*names):
+    """JSON of the named config sections: the only settings a step sees, and its params rerun trigger."""
+    if len(names) == 1:
+        return json.dumps(config[names[0]], sort_keys=True)
+    return json.dumps({n: config[n] for n in names}, sort_keys=True)
+
+
+wildcard_constraints:
+    name=r"[A-Za-z0-9]+_[A-Za-z0-9]+",
+    replica=r"R[123]",
+
+
+# --- proteins ---------------------------------------------------------------------------------------------------
+def _protein_splits():
+    """{split: [names]} exactly as make_splits writes them (same library call, so the DAG and the files agree)."""
+    from starmd.data.splits import SplitsConfig, make_splits
+
+    return make_splits(DATASET, SplitsConfig.from_dict(config["splits"]), demo_section=config["demo"])
+
+
+SPLITS = _protein_splits()
+PROTEINS = sorted({n for names in SPLITS.values() for n in names})
+TEST_PROTEINS = SPLITS["test"]
+
+
+# --- raw MD (identical layout for the demo and ATLAS) -----------------------------------------------------------
+def raw_pdb(wildcards):
+    return f"{RAW}/{wildcards.name}/{wildcards.name}.pdb"
+
+
+def raw_xtcs(wildcards):
+    return [f"{RAW}/{wildcards.name}/{wildcards.name}_prod_{r}_fit.xtc" for r in ("R1", "R2", "R3")]
+
+
+def features_json(wildcards):
+    """Only the chosen featurizer's settings, so tuning one featurizer never reruns the other."""
+    f = wildcards.featurizer
+    return json.dumps({"featurizer": f, f: config["features"].get(f, {})}, sort_keys=True)
+
+
+def featurize_env(wildcards):
+    """OpenFold needs its own environment (built from source); every other step shares envs/starmd.yaml."""
+    return "../envs/openfold.yaml" if wildcards.featurizer == "openfold" else "../envs/starmd.yaml"
+
+
+def demo_json_arg(wildcards):
+    """make-splits needs the demo protein list only for the demo dataset."""
+    return f"--demo-json {shlex.quote(section_json('demo'))}" if DATASET == "demo" else ""
+
+
+# --- targets ----------------------------------------------------------------------------------------------------
+def data_targets():
+    return (
+        expand("data/splits/{split}.txt", split=["train", "val", "test"])
+        + expand("data/frames/{name}.h5", name=PROTEINS)
+        + expand("data/features/{featurizer}/{name}.h5", featurizer=FEATURIZER, name=PROTEINS)
+    )
+
+
+def all_targets():
+    return data_targets()

@@ -1,0 +1,79 @@
+# Raw MD in ATLAS shape ({name}.pdb + {name}_prod_R{1,2,3}_fit.xtc), the split lists, and SE(3) frames.
+
+
+rule prepare_demo:
+    """Offline demo dataset: short real OpenMM MD (amber14, implicit solvent) of small peptides, 3 replicas."""
+    output:
+        pdb="data/raw/demo/{name}/{name}.pdb",
+        xtc=expand("data/raw/demo/{{name}}/{{name}}_prod_{replica}_fit.xtc", replica=["R1", "R2", "R3"]),
+        provenance="data/raw/demo/{name}/provenance.json",
+    conda:
+        "../envs/starmd.yaml"
+    log:
+        "logs/prepare_demo/{name}.log",
+    benchmark:
+        "benchmarks/rules/prepare_demo/{name}.tsv"
+    params:
+        cfg=section_json("demo"),
+        out_dir="data/raw/demo/{name}",
+    threads: 1
+    shell:
+        "python -m starmd prepare-demo --name {wildcards.name} --out-dir {params.out_dir} "
+        "--config-json {params.cfg:q} > {log} 2>&1"
+
+
+rule download_atlas:
+    """One ATLAS chain: resumable, verified download and atomic extraction."""
+    output:
+        pdb="data/raw/atlas/{name}/{name}.pdb",
+        xtc=expand("data/raw/atlas/{{name}}/{{name}}_prod_{replica}_fit.xtc", replica=["R1", "R2", "R3"]),
+    conda:
+        "../envs/starmd.yaml"
+    log:
+        "logs/download_atlas/{name}.log",
+    params:
+        cfg=section_json("atlas"),
+        out_dir="data/raw/atlas/{name}",
+    retries: 2
+    resources:
+        downloads=1,
+    shell:
+        "python -m starmd download-atlas --name {wildcards.name} --out-dir {params.out_dir} "
+        "--config-json {params.cfg:q} > {log} 2>&1"
+
+
+rule make_splits:
+    """data/splits/{train,val,test}.txt: the shipped AlphaFlow/MDGen lists (ATLAS) or the demo assignment."""
+    output:
+        expand("data/splits/{split}.txt", split=["train", "val", "test"]),
+    conda:
+        "../envs/starmd.yaml"
+    log:
+        "logs/make_splits.log",
+    params:
+        cfg=section_json("splits"),
+        dataset=DATASET,
+        demo_arg=demo_json_arg,
+    shell:
+        "python -m starmd make-splits --dataset {params.dataset} --out-dir data/splits "
+        "--config-json {params.cfg:q} {params.demo_arg} > {log} 2>&1"
+
+
+rule extract_frames:
+    """Per-residue SE(3) frames (N, CA, C -> rotation, CA translation) for every replica, in HDF5."""
+    input:
+        pdb=raw_pdb,
+        xtc=raw_xtcs,
+    output:
+        "data/frames/{name}.h5",
+    conda:
+        "../envs/starmd.yaml"
+    log:
+        "logs/extract_frames/{name}.log",
+    benchmark:
+        "benchmarks/rules/extract_frames/{name}.tsv"
+    params:
+        cfg=section_json("frames"),
+    shell:
+        "python -m starmd extract-frames --name {wildcards.name} --pdb {input.pdb} --xtc {input.xtc} "
+        "--out {output} --config-json {params.cfg:q} > {log} 2>&1"
