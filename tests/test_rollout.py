@@ -33,6 +33,7 @@ from starmd.rollout.context import CachedContext
 from starmd.rollout.inputs import load_features, load_model, load_start
 from starmd.rollout.sampler import iter_frames, make_context, run_rollout
 from starmd.training.checkpoint import save_checkpoint
+from starmd.training.cli import main as train_main
 from starmd.training.config import TrainingConfig
 from starmd.training.optim import build_ema
 
@@ -84,7 +85,8 @@ def files(tmp_path_factory, villin_frames) -> dict[str, Path]:
     training = TrainingConfig(num_frames=TRAIN_WINDOW, strides=[1, 4]).to_dict()
     save_checkpoint(root / "final.pt", {"step": 1, "model": model.state_dict(), "ema": ema.state_dict(),
                                         "optimizer": {}, "scheduler": {}, "rng": [], "world_size": 1,
-                                        "config": {"training": training, "model": MODEL, "diffusion": DIFFUSION}})
+                                        "config": {"training": training, "model": MODEL, "diffusion": DIFFUSION,
+                                                   "features": {"c_s": C_S_IN, "c_z": C_Z_IN}}})
     g = torch.Generator().manual_seed(3)
     _write_features(root / "features.h5", seq, torch.randn(N_RES, C_S_IN, generator=g),
                     torch.randn(N_RES, N_RES, C_Z_IN, generator=g))
@@ -292,3 +294,19 @@ def test_schema_fragment_matches_the_config(repo_root):
     for bad in ({"n_frame": 3}, {"n_frames": 0}, {"device": "tpu"}):
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(bad, schema)
+
+
+def test_rollout_from_a_checkpoint_written_by_train(files, tmp_path):
+    """The real training CLI's final.pt (2 optimizer steps on the test protein) rolls out through the CLI."""
+    run = tmp_path / "run"
+    config = {"training": {"steps": 2, "num_frames": 2, "strides": [1], "batch_size": 1, "warmup_steps": 1,
+                           "val_every": 100, "checkpoint_every": 100, "log_every": 1, "bf16": False},
+              "model": MODEL, "diffusion": DIFFUSION}
+    assert train_main(["--frames", str(files["frames"]), "--features", str(files["features"]), "--run-dir",
+                       str(run), "--config-json", json.dumps(config), "--device", "cpu"]) == 0
+    out = tmp_path / "rollouts" / "villin8.h5"
+    cfg = dict(n_frames=3, delta_t_ps=10.0, n_samples=1, steps=2, progress_bar=False, device="cpu")
+    assert main(["--checkpoint", str(run / "checkpoints" / "final.pt"), "--features", str(files["features"]),
+                 "--frames", str(files["frames"]), "--out", str(out), "--config-json", json.dumps(cfg)]) == 0
+    traj = md.load(out.with_name("villin8_s0.xtc"), top=out.with_suffix(".pdb"))
+    assert (traj.n_frames, traj.n_atoms) == (3, 4 * N_RES) and np.isfinite(traj.xyz).all()

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from starmd.diffusion import SE3Diffuser
 from starmd.evaluation.metrics import ca_valid
 from starmd.io import sha256sum
 from starmd.rollout.config import RolloutConfig
 from starmd.rollout.inputs import check_match, load_features, load_model, load_start
 from starmd.rollout.sampler import resolve_device, run_rollout
 from starmd.rollout.writers import RolloutRecord, write_outputs
+from starmd.training.cli import build_diffuser
 
 log = logging.getLogger("starmd.rollout")
 
@@ -41,7 +41,7 @@ def rollout_protein(*, checkpoint: Path, features_path: Path, frames_path: Path,
     start = load_start(frames_path, start_replica, start_frame)
     check_match(features, start)
     model, config, weights = load_model(checkpoint, features, cfg.use_ema)
-    diffuser = SE3Diffuser(**config["diffusion"])
+    diffuser = build_diffuser(config)
     lo, hi = trained_delta_t_range(config.get("training", {}), start.dt_ps)
     if not lo <= cfg.delta_t_ps <= hi:
         log.warning("rollout.delta_t_ps = %g ps is outside the Delta-t range the checkpoint was trained on "

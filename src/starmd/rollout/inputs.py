@@ -18,6 +18,7 @@ from starmd.features.io import read_features
 from starmd.geometry import Rigid
 from starmd.model.network import StarMD
 from starmd.training.checkpoint import load_checkpoint
+from starmd.training.cli import build_model
 
 _EMA_PREFIX = "module."  # torch.optim.swa_utils.AveragedModel keeps the averaged model under `module`
 
@@ -94,31 +95,28 @@ def check_match(features: Features, start: StartStructure) -> None:
 
 
 def load_model(path: str | Path, features: Features, use_ema: bool = True) -> tuple[StarMD, dict[str, Any], str]:
-    """Rebuild the network from a training checkpoint (`config["model"]`) and load its EMA (or raw) weights.
+    """Rebuild the network from a training checkpoint and load its EMA (or raw) weights.
 
-    Returns (model in eval mode on CPU, the checkpoint's config dict {"training", "model", "diffusion"}, the key of
-    the weights used). The frozen-feature widths are not config keys, so they are checked against the checkpoint's
-    input layers before loading: a features file from another featurizer is an error naming both widths.
+    Returns (model in eval mode on CPU, the checkpoint's config {"training", "model", "diffusion", "features"}, the
+    key of the weights used). The frozen-feature widths the network was trained on (`config["features"]`, written by
+    `python -m starmd train`) must equal those of `features`: a file from another featurizer is an error naming both.
     """
     path = Path(path)
     ckpt = load_checkpoint(path, map_location="cpu")
     config = ckpt["config"]
-    if "model" not in config or "diffusion" not in config:
-        raise ValueError(f"{path}: checkpoint config lacks the 'model'/'diffusion' sections needed to rebuild it")
+    missing = [k for k in ("model", "diffusion", "features") if k not in config]
+    if missing:
+        raise ValueError(f"{path}: checkpoint config lacks section(s) {missing} needed to rebuild the network")
+    for dim, got in (("c_s", features.single.shape[-1]), ("c_z", features.pair.shape[-1])):
+        trained = config["features"].get(dim)
+        if trained != got:
+            raise ValueError(f"{path} was trained on features with {dim} = {trained} channels, but {features.path} "
+                             f"has {dim} = {got} (features from another featurizer?)")
     if use_ema:
         state = {k[len(_EMA_PREFIX):]: v for k, v in ckpt["ema"].items() if k.startswith(_EMA_PREFIX)}
         which = "ema"
     else:
         state, which = ckpt["model"], "model"
-    c_s, c_z = features.single.shape[-1], features.pair.shape[-1]
-    model = StarMD(c_s_in=c_s, c_z_in=c_z, **config["model"])
-    for name, dim, got in (("single", "c_s", c_s), ("pair", "c_z", c_z)):
-        key = f"{name}_in.0.weight"  # the input LayerNorm: its width is the features' channel count
-        if key not in state:
-            raise ValueError(f"{path}: {which} weights lack {key!r}; not a StarMD checkpoint?")
-        trained = state[key].shape[0]
-        if trained != got:
-            raise ValueError(f"{path} was trained on {name} features with {dim} = {trained} channels, but "
-                             f"{features.path} has {dim} = {got} (features from another featurizer?)")
+    model = build_model(config, config["features"]["c_s"], config["features"]["c_z"])
     model.load_state_dict(state)
     return model.eval(), config, which
