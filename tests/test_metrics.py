@@ -115,7 +115,7 @@ def test_w2_pairwise_rmsd_and_autocorrelation_known_values():
     assert M.w2_empirical(a, a, 500, rng) == pytest.approx(0.0, abs=1e-12)
     assert M.w2_empirical(a, a + np.array([3.0, 4.0]), 500, rng) == pytest.approx(5.0, abs=1e-9)  # pure shift
     ca = E.ideal_helix_ca(12)
-    assert M.mean_pairwise_rmsd(_rotated_copies(ca, 6, rng), 200, rng) == pytest.approx(0.0, abs=1e-3)
+    assert M.mean_pairwise_rmsd(_rotated_copies(ca, 6, rng), 200, rng) == pytest.approx(0.0, abs=1e-2)  # float32
     x = np.zeros(20000)
     for t in range(1, len(x)):
         x[t] = 0.9 * x[t - 1] + rng.normal()

@@ -29,7 +29,8 @@ METRICS: dict[str, tuple[bool | None, str]] = {
     "ca_break_fraction": (False, "fraction of frames with an adjacent CA pair > ca_break_A"),
     "backbone_validity": (True, "fraction of frames with every peptide C-N <= peptide_bond_max_A, no backbone clash"),
     "ca_aa_validity": (True, "fraction of frames both CA-valid and backbone-valid (our CA+AA validity)"),
-    "jsd_pairwise_distance": (False, "JS distance of CA pair distances |i-j|>=min_sequence_separation, mean over pairs"),
+    "jsd_pairwise_distance": (False, "JS distance of CA pair distances (|i-j| >= min_sequence_separation), "
+                                     "mean over pairs"),
     "jsd_radius_of_gyration": (False, "JS distance of the CA radius of gyration"),
     "jsd_tica": (False, "JS distance on reference TIC1 and TIC2 (CA distances), mean of the two"),
     "jsd_pca": (False, "JS distance on reference PC1 and PC2 (aligned CA), mean of the two"),

@@ -1,0 +1,248 @@
+"""`python -m starmd figures`: every paper figure and the metrics table, from saved JSON only (never recomputed).
+
+Inputs: eval JSONs (`python -m starmd evaluate`), the training `metrics.jsonl`, optional ablation eval JSONs and the
+KV-cache benchmark JSON. Output files are byte-reproducible: Agg backend, fixed rcParams, no timestamps or software
+tags in PNG/PDF metadata, so a rerun on the same inputs rewrites identical files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from starmd.evaluation.report import write_html  # noqa: E402
+from starmd.evaluation.summary import (  # noqa: E402
+    load_eval, mean_time_curves, rows_to_csv, rows_to_markdown, summary_rows, COLUMNS)
+from starmd.io import atomic_path  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+RC = {
+    "figure.dpi": 100, "savefig.dpi": 100, "font.family": "DejaVu Sans", "font.size": 9, "axes.titlesize": 9,
+    "axes.grid": True, "grid.alpha": 0.3, "lines.linewidth": 1.3, "legend.fontsize": 8, "legend.frameon": False,
+    "svg.hashsalt": "starmd", "path.simplify": True,
+}
+COLORS = {"model": "#d62728", "oracle": "#2ca02c", "reference": "#1f77b4", "baseline_noise": "#7f7f7f",
+          "baseline_replica": "#9467bd"}
+PNG_META = {"Software": None}
+PDF_META = {"CreationDate": None, "ModDate": None, "Producer": None, "Creator": None}
+
+
+def save(fig, out_dir: Path, stem: str) -> Path:
+    """Write stem.png and stem.pdf atomically without metadata; returns the PNG path."""
+    png = out_dir / f"{stem}.png"
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, format="png", metadata=PNG_META, bbox_inches="tight")
+    with atomic_path(out_dir / f"{stem}.pdf") as tmp:
+        fig.savefig(tmp, format="pdf", metadata=PDF_META, bbox_inches="tight")
+    plt.close(fig)
+    return png
+
+
+def _grid(n: int, width: float = 3.2, height: float = 2.6):
+    cols = min(n, 3)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    for ax in axes.ravel()[n:]:
+        ax.set_visible(False)
+    return fig, axes.ravel()
+
+
+def plot_table(rows: list[dict], n_proteins: int):
+    fig, ax = plt.subplots(figsize=(8, 0.22 * (len(rows) + 2)))
+    ax.axis("off")
+    cells = [[f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in COLUMNS] for r in rows]
+    table = ax.table(cellText=cells, colLabels=list(COLUMNS), loc="center", cellLoc="center")
+    table.auto_set_font_size(False)
+    table.set_fontsize(7)
+    table.auto_set_column_width(list(range(len(COLUMNS))))
+    ax.set_title(f"Metrics, median over {n_proteins} protein(s)")
+    return fig
+
+
+def plot_stability(evals: list[dict], ablations: dict[str, list[dict]]):
+    """CA+AA validity (solid) / CA validity (dashed) and CA RMSD to start vs rollout time, mean over proteins."""
+    fig, (ax_v, ax_r) = plt.subplots(1, 2, figsize=(9, 3.2))
+    series = [(k, mean_time_curves(evals, k, "--eval"), COLORS[k]) for k in ("model", "oracle", "reference")]
+    cmap = plt.get_cmap("copper")
+    for i, (label, ab_evals) in enumerate(sorted(ablations.items())):
+        series.append((f"model {label}", mean_time_curves(ab_evals, "model", f"--ablation {label}"),
+                       cmap(0.2 + 0.6 * i / max(len(ablations) - 1, 1))))
+    for label, c, color in series:
+        t_ns = c["time_ps"] / 1000.0
+        ax_v.plot(t_ns, c["ca_aa_validity"], color=color, label=label)
+        ax_v.plot(t_ns, c["ca_validity"], color=color, linestyle="--", linewidth=0.8)
+        ax_r.plot(t_ns, c["rmsd_to_start_A"], color=color, label=label)
+    ax_v.set(xlabel="rollout time (ns)", ylabel="validity (solid CA+AA, dashed CA)", ylim=(-0.02, 1.02))
+    ax_r.set(xlabel="rollout time (ns)", ylabel="CA RMSD to start (A)")
+    ax_r.legend(loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def plot_rmsf(evals: list[dict]):
+    fig, axes = _grid(len(evals))
+    for ax, e in zip(axes, evals):
+        c = e["curves"]["rmsf"]
+        for key in ("reference", "oracle", "model"):
+            ax.plot(c["residue_index"], c[key], color=COLORS[key], label=key)
+        ax.set(title=e["name"], xlabel="residue", ylabel="CA RMSF (A)")
+    axes[0].legend(loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def plot_pca_density(evals: list[dict]):
+    keys = ("reference", "model", "oracle")
+    fig, axes = plt.subplots(len(evals), 3, figsize=(8.4, 2.6 * len(evals)), squeeze=False)
+    for row, e in zip(axes, evals):
+        c = e["curves"]["pca"]
+        extent = (c["x_edges"][0], c["x_edges"][-1], c["y_edges"][0], c["y_edges"][-1])
+        for ax, key in zip(row, keys):
+            hist = np.asarray(c["hist"][key], dtype=float)
+            density = hist / max(hist.sum(), 1.0)
+            ax.imshow(density.T, origin="lower", extent=extent, aspect="auto", cmap="viridis",
+                      interpolation="nearest")
+            ax.set(title=f"{e['name']} {key} ({c['outside'][key]} off-grid)", xlabel="PC1 (A)", ylabel="PC2 (A)")
+            ax.grid(False)
+    fig.tight_layout()
+    return fig
+
+
+def plot_autocorrelation(evals: list[dict]):
+    fig, axes = _grid(len(evals))
+    for ax, e in zip(axes, evals):
+        c = e["curves"]["autocorrelation"]
+        lag_ns = np.asarray(c["lag_ps"]) / 1000.0
+        for key in ("reference", "oracle", "model", "baseline_replica"):
+            ax.plot(lag_ns, c[key], color=COLORS[key], label=key)
+        ax.set(title=e["name"], xlabel="lag (ns)", ylabel="ACF of reference PC1")
+    axes[0].legend(loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def read_training_metrics(path: Path) -> list[dict]:
+    """metrics.jsonl: one JSON object per line with `step`, and `loss` and/or `val_loss`."""
+    records = []
+    for i, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{i}: not JSON ({exc})") from None
+        if not isinstance(rec, dict) or "step" not in rec:
+            raise ValueError(f"{path}:{i}: expected a JSON object with key 'step'")
+        records.append(rec)
+    if not any("loss" in r for r in records):
+        raise ValueError(f"{path}: no line has key 'loss'")
+    return records
+
+
+def plot_training(records: list[dict]):
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for key, style in (("loss", "-"), ("val_loss", "o-")):
+        pts = sorted((r["step"], r[key]) for r in records if r.get(key) is not None)
+        if pts:
+            ax.plot(*zip(*pts), style, label=key, markersize=3)
+    ax.set(xlabel="step", ylabel="loss")
+    if all(r.get("loss", 1) > 0 and r.get("val_loss", 1) > 0 for r in records):
+        ax.set_yscale("log")
+    ax.legend(loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def read_kv_bench(path: Path) -> list[dict]:
+    """KV benchmark JSON: {"records": [...]} or a list; each record has n_residues, n_frames and *_bytes fields."""
+    data = json.loads(path.read_text())
+    records = data.get("records") if isinstance(data, dict) else data
+    if not isinstance(records, list) or not records:
+        raise ValueError(f"{path}: expected a non-empty list of records (top level or under 'records')")
+    for i, rec in enumerate(records):
+        if not {"n_residues", "n_frames"} <= set(rec) or not any(k.endswith("_bytes") for k in rec):
+            raise ValueError(f"{path}: record {i} needs n_residues, n_frames and at least one *_bytes field")
+    return records
+
+
+def plot_kv_bench(records: list[dict]):
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    groups: dict[tuple, list[tuple[float, float]]] = {}
+    for rec in records:
+        for key, value in rec.items():
+            if key.endswith("_bytes") and value is not None:
+                label = (key.removesuffix("_bytes"), rec.get("kind", ""), rec["n_residues"])
+                groups.setdefault(label, []).append((rec["n_frames"], value))
+    for (field, kind, n_res), pts in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
+        style = "--" if kind == "analytic" else "o-"
+        ax.plot(*zip(*sorted(pts)), style, markersize=3, label=f"{field} {kind} N={n_res}".replace("  ", " "))
+    ax.set(xlabel="frames in context L", ylabel="cache size (bytes)", xscale="log", yscale="log")
+    ax.legend(loc="best", fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+CAPTIONS = {
+    "metrics_table": "Metrics per ensemble, median over proteins (docs/metrics.md defines each).",
+    "stability": "Validity (solid: CA+AA, dashed: CA) and CA RMSD to the start structure vs rollout time, mean over "
+                 "proteins; ablation settings in copper shades.",
+    "rmsf": "Per-residue CA RMSF of the generated ensemble vs the reference replica and the oracle replica.",
+    "pca_density": "Frame density in the reference's top-2 PCA plane (aligned CA), on the recall/precision grid.",
+    "autocorrelation": "Autocorrelation of the reference-PC1 projection vs lag; random-order baseline for contrast.",
+    "training": "Training loss (line) and validation loss (markers) vs optimiser step.",
+    "kv_cache_memory": "KV-cache memory vs context length: singles cache vs pair cache, measured and analytic.",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m starmd figures", description=__doc__)
+    parser.add_argument("--eval", nargs="+", required=True, type=Path, help="runs/{run}/eval/{name}.json files")
+    parser.add_argument("--metrics", type=Path, help="runs/{run}/metrics.jsonl (training curves)")
+    parser.add_argument("--ablation", nargs="+", action="append", default=[], metavar=("LABEL", "EVAL_JSON"),
+                        help="an ablation setting: its label (e.g. tau=0.0) then its eval JSONs; repeatable")
+    parser.add_argument("--kv-bench", type=Path, help="benchmarks/results/kv_cache_memory.json (plotted if present)")
+    parser.add_argument("--out-dir", required=True, type=Path, help="runs/{run}/figures")
+    parser.add_argument("--max-proteins", type=int, default=6, help="proteins shown in per-protein panels")
+    args = parser.parse_args(argv)
+    plt.rcParams.update(matplotlib.rcParamsDefault)
+    plt.rcParams.update(RC)
+
+    evals = sorted((load_eval(p) for p in args.eval), key=lambda e: e["name"])
+    ablations = {}
+    for item in args.ablation:
+        if len(item) < 2:
+            parser.error(f"--ablation {item[0]!r}: give a label and at least one eval JSON")
+        ablations[item[0]] = [load_eval(p) for p in item[1:]]
+    out = args.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    shown = evals[: args.max_proteins]
+
+    rows = summary_rows(evals)
+    (out / "metrics_table.md").write_text(rows_to_markdown(rows, len(evals)))
+    (out / "metrics_table.csv").write_text(rows_to_csv(rows))
+    figures = [(save(plot_table(rows, len(evals)), out, "metrics_table"), CAPTIONS["metrics_table"]),
+               (save(plot_stability(evals, ablations), out, "stability"), CAPTIONS["stability"]),
+               (save(plot_rmsf(shown), out, "rmsf"), CAPTIONS["rmsf"]),
+               (save(plot_pca_density(shown), out, "pca_density"), CAPTIONS["pca_density"]),
+               (save(plot_autocorrelation(shown), out, "autocorrelation"), CAPTIONS["autocorrelation"])]
+    notes = []
+    if args.metrics is not None:
+        figures.append((save(plot_training(read_training_metrics(args.metrics)), out, "training"),
+                        CAPTIONS["training"]))
+    if args.kv_bench is not None and args.kv_bench.exists():
+        figures.append((save(plot_kv_bench(read_kv_bench(args.kv_bench)), out, "kv_cache_memory"),
+                        CAPTIONS["kv_cache_memory"]))
+    elif args.kv_bench is not None:
+        notes.append(f"KV-cache benchmark {args.kv_bench} not found: memory figure skipped.")
+        log.warning(notes[-1])
+    write_html(out / "report.html", rows, len(evals), figures, notes)
+    return 0
