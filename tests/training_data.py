@@ -48,3 +48,15 @@ def make_protein(root: Path, name: str, sequence: str, n_frames: int, n_replicas
         f.create_dataset("pair", data=rng.normal(size=(n, n, c_z)).astype(np.float32))
         f.attrs.update({"featurizer": "test-random", "sequence": sequence, "c_s": c_s, "c_z": c_z})
     return frames, features
+
+
+# ~14k parameters: fast on one CPU thread, but every block type of the real network is exercised.
+TINY_MODEL = {"c_s": 16, "c_z": 8, "n_blocks": 2, "n_heads": 2, "c_hidden": 8, "no_heads_ipa": 2, "c_hidden_ipa": 8,
+              "no_qk_points": 2, "no_v_points": 2, "c_time": 8, "c_phys_time": 8, "n_rbf": 8}
+
+
+def make_two_proteins(root: Path) -> tuple[list[Path], list[Path]]:
+    """Two peptides of different lengths (10 and 13 residues; padding and cropping both happen), 12 frames x 2."""
+    a = make_protein(root, "pa_A", "ACDEFGHIKL", n_frames=12, seed=1)
+    b = make_protein(root, "pb_B", "MNPQRSTVWYACD", n_frames=12, seed=2)
+    return [a[0], b[0]], [a[1], b[1]]

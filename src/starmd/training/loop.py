@@ -233,7 +233,8 @@ class Trainer:
                             log.info("step %7d | val_loss (EMA) %.4f", self.step, val)
                 if len(record) > 1 and env.is_main:
                     self.history.append(record)
-                if self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
+                # no periodic checkpoint inside a non-finite streak: last.pt stays the state after a good step
+                if self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps and self.nonfinite_in_a_row == 0:
                     self.save(self.last_path)
                 if any_rank(preempt.requested is not None, env.device):
                     self.save(self.last_path)
