@@ -24,6 +24,7 @@ import yaml
 
 from starmd.data.residues import protein_residues, sequence_to_aatype
 from starmd.diffusion import SE3Diffuser
+from starmd.evaluation.inputs import load_rollout
 from starmd.features.io import write_features
 from starmd.geometry import Rigid
 from starmd.model.network import StarMD
@@ -232,6 +233,8 @@ def test_long_horizon_cli_outputs_load_with_mdtraj(files, tmp_path, caplog, vill
         traj = md.load(out.with_name(f"villin8_s{k}.xtc"), top=out.with_suffix(".pdb"))
         assert (traj.n_frames, traj.n_residues) == (n_frames, N_RES)
         np.testing.assert_allclose(traj.time, 20.0 * np.arange(1, n_frames + 1))
+    evaluated = load_rollout(out)  # the evaluation stage's reader accepts the outputs (CA of xtc == translations)
+    assert evaluated.backbone.shape == (2, n_frames, N_RES, 4, 3) and evaluated.delta_t_ps == 20.0
     assert sorted(p.name for p in out.parent.iterdir()) == ["villin8.h5", "villin8.pdb", "villin8_s0.xtc",
                                                             "villin8_s1.xtc"]
 

@@ -63,6 +63,9 @@ def load_start(path: str | Path, replica: str | None = None, frame: int | None =
         for key in ("sequence", "dt_ps"):
             if key not in h5.attrs:
                 raise ValueError(f"{path}: missing root attribute {key!r} (frames schema, docs/architecture.md)")
+        for key in ("aatype", "residue_index", "start" if replica is None else "replicas"):
+            if key not in h5:
+                raise ValueError(f"{path}: missing {key!r} (frames schema, docs/architecture.md)")
         if replica is None:
             if frame is not None:
                 raise ValueError("a start frame index needs a replica (--start-replica R1 --start-frame k)")
