@@ -128,6 +128,7 @@ def write_rollout(root: Path, name: str = "helix", n_samples: int = 2, n_frames:
     with h5py.File(path, "w") as h5:
         h5["rotations"] = np.stack(rots).astype(np.float32)
         h5["translations"] = np.stack(trans).astype(np.float32)
-        h5["time_ps"] = np.arange(n_frames) * delta_t_ps
+        h5["time_ps"] = np.arange(1, n_frames + 1) * delta_t_ps  # time after the start frame, as rollout writes
+        h5["start/translations"] = bb_top.xyz[0, 1::4].astype(np.float32) * 10.0  # CA of the start structure
         h5.attrs.update(sequence=SEQUENCE, delta_t_ps=delta_t_ps)
     return path

@@ -53,8 +53,8 @@ def inputs(tmp_path_factory) -> dict:
                                for s in range(50)))
     kv = root / "kv_cache_memory.json"
     kv.write_text(json.dumps({"records": [
-        {"n_residues": n, "n_frames": L, "kind": kind, "kv_cache_bytes": 2 * 8 * n * L * 256 * 2,
-         "pair_cache_bytes": 8 * n * n * L * 128 * 2} for n in (100, 500) for L in (10, 100, 400)
+        {"n_residues": n, "n_frames": L, "kind": kind, "singles_bytes": 2 * 8 * n * L * 256 * 2,
+         "pairs_bytes": 8 * n * n * L * 128 * 2} for n in (100, 500) for L in (10, 100, 400)
         for kind in ("analytic", "measured")]}))
     return {"root": root, "evals": evals, "real": real, "ablation": ablation_path, "metrics": metrics, "kv": kv}
 

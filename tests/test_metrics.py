@@ -19,9 +19,10 @@ import eval_inputs as E
 @pytest.fixture(scope="module")
 def helix_backbone() -> np.ndarray:
     """[1, N, 4, 3] ideal all-atom helix backbone (PeptideBuilder)."""
-    from starmd.evaluation.inputs import backbone_array
+    from starmd.evaluation.inputs import backbone_indices
 
-    return backbone_array(E.helix_topology_traj(), "helix")
+    traj = E.helix_topology_traj()
+    return traj.xyz[:, backbone_indices(traj.topology, "helix")].astype(np.float64) * 10.0
 
 
 # --- Jensen-Shannon distance ----------------------------------------------------------------------------------------
@@ -141,6 +142,8 @@ def test_config_rejects_unknown_and_mistyped_keys():
         EvaluationConfig.from_json('{"jsd_binz": 30}')
     with pytest.raises(ValueError, match="ca_clash_A"):
         EvaluationConfig.from_json('{"ca_clash_A": "3"}')
+    with pytest.raises(ValueError, match="grid_bins=0 must be > 0"):
+        EvaluationConfig.from_json('{"grid_bins": 0}')
     with pytest.raises(ValueError, match="oracle_replica"):
         EvaluationConfig.from_json('{"oracle_replica": "R1"}')
 
@@ -186,7 +189,9 @@ def test_evaluate_records_time_grid_and_curves(evaluated):
     assert result["tica"]["lag_frames"] == 5 and result["tica"]["lag_ps"] == 100.0
     assert result["ensembles"]["reference"]["n_frames"] == 400 and result["ensembles"]["model"]["n_frames"] == 400
     curves = result["curves"]
-    assert len(curves["time"]["model"]["time_ps"]) == 200 and curves["time"]["model"]["time_ps"][1] == 20.0
+    assert curves["time"]["model"]["time_ps"][:2] == [20.0, 40.0] and len(curves["time"]["model"]["time_ps"]) == 200
+    assert curves["time"]["oracle"]["time_ps"][:2] == [0.0, 20.0]
+    assert result["rollout_start_rmsd_to_pdb_start_A"] == pytest.approx(0.0, abs=0.03)  # float32 QCP
     assert len(curves["rmsf"]["reference"]) == len(E.SEQUENCE) == len(curves["rmsf"]["residue_index"])
     hist = np.array(curves["pca"]["hist"]["reference"])
     assert hist.shape == (20, 20) and hist.sum() == 400
@@ -215,3 +220,19 @@ def test_evaluate_bad_inputs_name_file_and_key(evaluated, tmp_path):
         main(argv[:2] + ["--rollout", str(broken)] + argv[4:])
     with pytest.raises(ValueError, match="R9"):
         main(argv[:-1] + ['{"reference_replica": "R9"}'])
+
+
+def test_schema_fragment_matches_config(repo_root):
+    import dataclasses
+
+    import jsonschema
+    import yaml
+
+    schema = yaml.safe_load((repo_root / "schemas" / "evaluation.schema.yaml").read_text())
+    defaults = EvaluationConfig().as_dict()
+    assert {k: v["default"] for k, v in schema["properties"].items()} == defaults
+    assert all(v.get("description") for v in schema["properties"].values())
+    jsonschema.validate(defaults, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**defaults, "jsd_binz": 3}, schema)
+    assert len(dataclasses.fields(EvaluationConfig)) == len(schema["properties"])

@@ -30,6 +30,7 @@ class EvaluationConfig:
     pairwise_rmsd_max_frames: int = 200  # frames per ensemble for the mean pairwise RMSD
     acf_max_lag: int = 50  # autocorrelation lags 0..acf_max_lag frames of the common time grid
     flag_rel_margin: float = 0.05  # oracle must beat a baseline by this relative margin to "separate" from it
+    figure_max_proteins: int = 6  # proteins drawn in the per-protein figure panels (the table uses all)
 
     @classmethod
     def from_json(cls, text: str | None) -> "EvaluationConfig":
@@ -45,6 +46,11 @@ class EvaluationConfig:
             if isinstance(value, bool) or not isinstance(value, expected):
                 raise ValueError(f"evaluation config: {key}={value!r} must be of type {known[key].type}")
         cfg = cls(**raw)
+        for f in dataclasses.fields(cls):
+            value = getattr(cfg, f.name)
+            if f.type != "str" and f.name != "seed" and not (value >= 0 if f.name == "flag_rel_margin" else value > 0):
+                raise ValueError(f"evaluation config: {f.name}={value!r} must be "
+                                 f"{'>= 0' if f.name == 'flag_rel_margin' else '> 0'}")
         if cfg.reference_replica == cfg.oracle_replica:
             raise ValueError(f"evaluation config: oracle_replica must differ from reference_replica "
                              f"({cfg.reference_replica!r})")

@@ -154,16 +154,15 @@ def _score(ens: Ensemble, stats: _ReferenceStats, ref_acf: np.ndarray, ref_pairw
     return scores, {"rmsf": rmsf.tolist(), "acf": acf.tolist(), "pca_hist": hist.tolist(), "pca_outside": outside}
 
 
-def _time_curves(ens: Ensemble, n_frames: int, spacing_ps: float, start_ca: np.ndarray,
-                 cfg: EvaluationConfig) -> dict:
-    """Validity and RMSD-to-start vs time over the first n_frames, averaged over the ensemble's trajectories."""
-    ca = [t[:n_frames] for t in ens.ca]
+def _time_curves(ens: Ensemble, time_ps: np.ndarray, start_ca: np.ndarray, cfg: EvaluationConfig) -> dict:
+    """Validity and RMSD-to-start vs time over the first len(time_ps) frames, mean over the ensemble's trajectories."""
+    ca = [t[: len(time_ps)] for t in ens.ca]
     n = min(len(t) for t in ca)
     ca_ok = [M.ca_valid(t[:n], cfg.ca_clash_A, cfg.ca_break_A) for t in ca]
     aa_ok = [M.ca_aa_valid(b[:n], cfg.ca_clash_A, cfg.ca_break_A, cfg.peptide_bond_max_A, cfg.backbone_clash_A)
              for b in ens.backbone]
     return {
-        "time_ps": (np.arange(n) * spacing_ps).tolist(),
+        "time_ps": time_ps[:n].tolist(),
         "ca_validity": np.mean(ca_ok, axis=0).tolist(),
         "ca_aa_validity": np.mean(aa_ok, axis=0).tolist(),
         "rmsd_to_start_A": np.mean([M.rmsd_to(t[:n], start_ca) for t in ca], axis=0).tolist(),
@@ -229,11 +228,14 @@ def evaluate_protein(name: str, rollout: Rollout, reference: Reference, cfg: Eva
             entry["oracle_not_separated_from"] = _separation_flags(values, higher, cfg.flag_rel_margin)
         metrics[metric] = entry
 
-    horizon = len(model.ca[0])
+    # model: rollout times after its own start frame; MD replicas: frame k at k x spacing after the PDB start
+    model_time = rollout.time_ps[::gen_stride]
+    md_time = np.arange(len(model_time)) * spacing
+    rollout_start = reference.start_ca if rollout.start_ca is None else rollout.start_ca
     n_lags = min(len(per_ens[k]["acf"]) for k in ENSEMBLES)
     curves = {
-        "time": {k: _time_curves(ens[k], horizon, spacing, reference.start_ca, cfg)
-                 for k in ("model", "oracle", "reference")},
+        "time": {"model": _time_curves(model, model_time, rollout_start, cfg),
+                 **{k: _time_curves(ens[k], md_time, reference.start_ca, cfg) for k in ("oracle", "reference")}},
         "autocorrelation": {"lag_ps": (np.arange(n_lags) * spacing).tolist(),
                             **{k: per_ens[k]["acf"][:n_lags] for k in ENSEMBLES}},
         "rmsf": {"residue_index": np.asarray(reference.residue_index).tolist(),
@@ -248,6 +250,7 @@ def evaluate_protein(name: str, rollout: Rollout, reference: Reference, cfg: Eva
         "name": name,
         "config": cfg.as_dict(),
         "alignment": ALIGNMENT,
+        "rollout_start_rmsd_to_pdb_start_A": float(M.rmsd_to(rollout_start[None], reference.start_ca)[0]),
         "time_grid": {"spacing_ps": spacing, "generated_delta_t_ps": rollout.delta_t_ps,
                       "reference_dt_ps": reference.dt_ps, "generated_stride": gen_stride,
                       "reference_stride": ref_stride},

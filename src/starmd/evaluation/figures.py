@@ -18,6 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from starmd.evaluation.config import EvaluationConfig  # noqa: E402
 from starmd.evaluation.report import write_html  # noqa: E402
 from starmd.evaluation.summary import (  # noqa: E402
     load_eval, mean_time_curves, rows_to_csv, rows_to_markdown, summary_rows, COLUMNS)
@@ -211,8 +212,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="an ablation setting: its label (e.g. tau=0.0) then its eval JSONs; repeatable")
     parser.add_argument("--kv-bench", type=Path, help="benchmarks/results/kv_cache_memory.json (plotted if present)")
     parser.add_argument("--out-dir", required=True, type=Path, help="runs/{run}/figures")
-    parser.add_argument("--max-proteins", type=int, default=6, help="proteins shown in per-protein panels")
+    parser.add_argument("--config-json", default="{}", help="JSON of the `evaluation` config section")
     args = parser.parse_args(argv)
+    cfg = EvaluationConfig.from_json(args.config_json)
     plt.rcParams.update(matplotlib.rcParamsDefault)
     plt.rcParams.update(RC)
 
@@ -224,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         ablations[item[0]] = [load_eval(p) for p in item[1:]]
     out = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
-    shown = evals[: args.max_proteins]
+    shown = evals[: cfg.figure_max_proteins]
 
     rows = summary_rows(evals)
     (out / "metrics_table.md").write_text(rows_to_markdown(rows, len(evals)))

@@ -25,9 +25,10 @@ _CA_MATCH_TOL_A = 0.05
 class Rollout:
     ca: np.ndarray  # [S, F, N, 3] Angstrom
     backbone: np.ndarray  # [S, F, N, 4, 3] Angstrom, atom order N, CA, C, O
-    time_ps: np.ndarray  # [F]
+    time_ps: np.ndarray  # [F], time after the start structure
     delta_t_ps: float
     sequence: str
+    start_ca: np.ndarray | None  # [N, 3] the frame the rollout started from (`start/translations`), if recorded
 
 
 @dataclass(frozen=True)
@@ -57,10 +58,10 @@ def _attr(h5: h5py.File, key: str, path: Path):
     return value.decode() if isinstance(value, bytes) else value
 
 
-def backbone_array(traj: md.Trajectory, source: str) -> np.ndarray:
-    """[F, N, 4, 3] Angstrom N, CA, C, O of every protein residue; a residue missing one is an error naming it."""
+def backbone_indices(topology: md.Topology, source: str) -> np.ndarray:
+    """[N, 4] atom indices of N, CA, C, O of every protein residue; a residue missing one is an error naming it."""
     index = []
-    for res in traj.topology.residues:
+    for res in topology.residues:
         if not res.is_protein:
             continue
         names = {a.name: a.index for a in res.atoms}
@@ -71,7 +72,14 @@ def backbone_array(traj: md.Trajectory, source: str) -> np.ndarray:
         index.append([names[a] for a in BACKBONE_ATOM_NAMES])
     if not index:
         raise ValueError(f"{source}: no protein residues")
-    return traj.xyz[:, np.array(index)].astype(np.float64) / NM_PER_ANGSTROM
+    return np.array(index)
+
+
+def load_backbone(xtc: Path, pdb: Path, stride: int = 1) -> np.ndarray:
+    """[F, N, 4, 3] Angstrom backbone of a trajectory, reading only the backbone atoms (ATLAS xtcs hold all atoms)."""
+    index = backbone_indices(md.load_topology(str(pdb)), str(pdb))
+    traj = md.load(str(xtc), top=str(pdb), stride=stride, atom_indices=index.ravel())
+    return traj.xyz.reshape(traj.n_frames, len(index), 4, 3).astype(np.float64) / NM_PER_ANGSTROM
 
 
 def load_rollout(path: str | Path) -> Rollout:
@@ -82,6 +90,7 @@ def load_rollout(path: str | Path) -> Rollout:
         time_ps = np.asarray(h5["time_ps"][()], dtype=np.float64) if "time_ps" in h5 else None
         delta_t = float(_attr(h5, "delta_t_ps", path))
         sequence = str(_attr(h5, "sequence", path))
+        start_ca = _dataset(h5, "start/translations", path, 2) if "start/translations" in h5 else None
     if time_ps is None or time_ps.shape != (ca.shape[1],):
         raise ValueError(f"{path}: dataset 'time_ps' must exist with shape [{ca.shape[1]}] (one time per frame)")
     if len(sequence) != ca.shape[2]:
@@ -94,12 +103,12 @@ def load_rollout(path: str | Path) -> Rollout:
         xtc = path.with_name(f"{path.stem}_s{k}.xtc")
         if not xtc.exists():
             raise ValueError(f"{path}: backbone trajectory {xtc} for sample {k} not found")
-        bb = backbone_array(md.load(str(xtc), top=str(pdb)), str(xtc))
+        bb = load_backbone(xtc, pdb)
         if bb.shape[:3] != ca.shape[1:3] + (4,) or np.abs(bb[:, :, 1] - ca[k]).max() > _CA_MATCH_TOL_A:
             raise ValueError(f"{xtc}: backbone {bb.shape[:2]} does not match translations sample {k} "
                              f"{ca.shape[1:3]} (CA positions must agree within {_CA_MATCH_TOL_A} A)")
         backbones.append(bb)
-    return Rollout(ca, np.stack(backbones), time_ps, delta_t, sequence)
+    return Rollout(ca, np.stack(backbones), time_ps, delta_t, sequence, start_ca)
 
 
 def load_reference(frames_path: str | Path, raw_dir: str | Path, name: str) -> Reference:
@@ -118,13 +127,13 @@ def load_reference(frames_path: str | Path, raw_dir: str | Path, name: str) -> R
     pdb = raw_dir / f"{name}.pdb"
     if not pdb.exists():
         raise ValueError(f"{raw_dir}: raw start structure {pdb.name} not found")
-    start_backbone = backbone_array(md.load(str(pdb)), str(pdb))[0]
+    start_backbone = load_backbone(pdb, pdb)[0]
     backbone = {}
     for rep, rep_ca in ca.items():
         xtc = raw_dir / f"{name}_prod_{rep}_fit.xtc"
         if not xtc.exists():
             raise ValueError(f"{raw_dir}: raw trajectory {xtc.name} for replica {rep} of {frames_path} not found")
-        bb = backbone_array(md.load(str(xtc), top=str(pdb), stride=stride), str(xtc))
+        bb = load_backbone(xtc, pdb, stride)
         if bb.shape[:2] != rep_ca.shape[:2]:
             raise ValueError(f"{xtc}: every {stride}th frame gives {bb.shape[:2]} (frames, residues), but "
                              f"{frames_path} replicas/{rep} has {rep_ca.shape[:2]}")

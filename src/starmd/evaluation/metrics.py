@@ -240,7 +240,8 @@ def mean_pairwise_rmsd(ca: np.ndarray, max_frames: int, rng: np.random.Generator
     if traj.n_frames < 2:
         raise ValueError("mean pairwise RMSD needs at least 2 frames")
     traj.center_coordinates()  # once, instead of once per reference frame below
-    mat = np.stack([md.rmsd(traj, traj, k, parallel=False, precentered=True) for k in range(traj.n_frames)])  # [F, F] nm
+    mat = np.stack([md.rmsd(traj, traj, k, parallel=False, precentered=True)
+                    for k in range(traj.n_frames)])  # [F, F] nm
     return float(mat[np.triu_indices(traj.n_frames, k=1)].mean() / NM_PER_ANGSTROM)
 
 
