@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Install OpenFold (PyPI sdist openfold==0.0.1, hash-pinned) into the active Python environment, same way on CPU and
-# GPU machines. Needs: torch and starmd already installed (starmd provides the build shim), a C++ compiler.
+# GPU machines. Needs: torch and starmd already installed (starmd provides the build shim); no compiler.
 #
 # Why not `pip install openfold`: the sdist's setup.py imports torch (so pip's build isolation must be off) and
-# `scripts.utils.get_nvidia_cc`, which it does not ship; it declares no runtime dependencies; and with a CUDA torch it
-# tries to compile a kernel with flags current nvcc/torch reject. So we build its wheel ourselves with
-# torch.utils.cpp_extension.CUDA_HOME forced to None (the portable C++ extension; starmd replaces the kernel with
-# plain torch at import, see src/starmd/features/openfold_compat.py) and install it with --no-deps.
+# `scripts.utils.get_nvidia_cc`, which it does not ship; it declares no runtime dependencies; and it compiles an
+# attention-softmax extension (`attn_core_inplace_cuda`): with a CUDA torch from flags current nvcc/torch reject,
+# without one as a C++ stub that raises when called (and takes minutes to compile). So we build a pure-Python wheel
+# ourselves, with setup.py's ext_modules dropped, and install it with --no-deps; starmd provides that extension's two
+# functions in plain torch at import (src/starmd/features/openfold_compat.py).
 set -euo pipefail
 
 OPENFOLD_SHA256=d709aa2647b9e15fd4da42dfc3dbe9fc7310c42bc01bd0b4f5600eb39edef8f8
@@ -38,8 +39,12 @@ tar -xzf "$work/openfold-0.0.1.tar.gz" -C "$work"
 cd "$work/openfold-0.0.1"
 PYTHONPATH="$work/shim" "$PYTHON" - "$work/dist" <<'EOF'
 import runpy, sys
+import setuptools
 import torch.utils.cpp_extension as cpp_extension
-cpp_extension.CUDA_HOME = None  # setup.py then builds the C++ extension, never the CUDA one
+
+cpp_extension.CUDA_HOME = None  # setup.py then never runs nvcc to pick CUDA flags
+build = setuptools.setup
+setuptools.setup = lambda ext_modules, cmdclass, **kwargs: build(**kwargs)  # pure Python: no extension to compile
 sys.argv = ["setup.py", "--quiet", "bdist_wheel", "--dist-dir", sys.argv[1]]
 runpy.run_path("setup.py", run_name="__main__")
 EOF

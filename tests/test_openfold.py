@@ -7,6 +7,7 @@ real preset). The slow test runs the full 48-block preset once.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 from pathlib import Path
@@ -94,6 +95,7 @@ def test_import_openfold_replaces_the_compiled_kernel_everywhere():
     from openfold.data import templates  # reads np.object at import
 
     assert sm.attn_core_inplace_cuda is TorchSoftmaxKernel and ac.attn_core_inplace_cuda is TorchSoftmaxKernel
+    assert importlib.import_module("attn_core_inplace_cuda") is TorchSoftmaxKernel  # the installer builds none
     assert templates.TEMPLATE_FEATURES["template_sequence"] is object
 
 
@@ -120,6 +122,18 @@ def test_unknown_residue_letter_rejected(tmp_path):
 def test_bad_settings_rejected(tmp_path, bad, match):
     with pytest.raises(ValueError, match=match):
         of.OpenFoldSettings.from_config(features_cfg(tmp_path / "w.pt", **bad))
+
+
+def test_schema_fragment_matches_the_settings(repo_root):
+    import jsonschema
+    import yaml
+
+    schema = yaml.safe_load((repo_root / "schemas" / "features_openfold.schema.yaml").read_text())
+    defaults = {k: v["default"] for k, v in schema["properties"].items()}
+    assert defaults == dataclasses.asdict(of.OpenFoldSettings())
+    jsonschema.validate(defaults, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**defaults, "recycle": 3}, schema)
 
 
 # --- model runs (tiny preset variant) ------------------------------------------------------------------------------

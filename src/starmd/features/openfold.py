@@ -37,10 +37,11 @@ from starmd.io import atomic_path, sha256sum
 C_S, C_Z = 384, 128  # evoformer single / pair widths of every AlphaFold preset
 PAIR_DTYPES = {"float32": np.float32, "float16": np.float16}
 WEIGHTS_HELP = (
-    "Get OpenFold's weights with OpenFold's scripts/download_openfold_params.sh (it syncs "
-    "s3://openfold/openfold_params/ from the AWS open-data bucket, e.g. `aws s3 cp --no-sign-request "
-    "s3://openfold/openfold_params/finetuning_no_templ_ptm_1.pt .`) and set features.openfold.weights to the file's "
-    "path. See docs/openfold.md."
+    "Get OpenFold's weights with scripts/download_openfold_params.sh from github.com/aqlaboratory/openfold (not in "
+    "the PyPI sdist; it runs `aws s3 cp --no-sign-request --region us-east-1 s3://openfold/openfold_params/ "
+    "<dir>/openfold_params --recursive`), or fetch the one file: `aws s3 cp --no-sign-request --region us-east-1 "
+    "s3://openfold/openfold_params/finetuning_no_templ_ptm_1.pt .`. Then set features.openfold.weights to the "
+    "file's path. See docs/openfold.md."
 )
 
 

@@ -2,26 +2,30 @@
 
 Why this exists: that sdist is a 2022 source snapshot. Its setup.py imports `scripts.utils.get_nvidia_cc`, which the
 sdist does not ship (`scripts/install_openfold.sh` puts a one-line `scripts/utils.py` re-exporting
-`get_nvidia_cc` below on the build's PYTHONPATH). Its fused in-place softmax extension `attn_core_inplace_cuda` is
-built by us as the portable C++ stub on every machine (the CUDA source needs C++14 and sm_37, which current torch and
-nvcc reject), and that stub raises when called; and `openfold.data.templates` reads `np.object`, removed in NumPy 2.
+`get_nvidia_cc` below on the build's PYTHONPATH). Its fused in-place softmax extension `attn_core_inplace_cuda` does
+not build with current torch/nvcc (C++14, sm_37) and without CUDA is a C++ stub that raises when called, so the
+installer builds OpenFold without it. And `openfold.data.templates` reads `np.object` (removed in NumPy 1.24).
 
 `import_openfold()` is the one place that imports OpenFold for starmd. It applies exactly two runtime fixes first:
 - `np.object` is aliased to `object` (what it always was) if NumPy no longer has it;
-- the two module globals that hold the extension (`openfold.model.structure_module.attn_core_inplace_cuda` and
-  `openfold.utils.kernel.attention_core.attn_core_inplace_cuda`) are pointed at `TorchSoftmaxKernel`, which does the
-  same in-place softmax (and its backward) with plain torch ops on any device. Numerically it is `torch.softmax`;
-  on GPU it costs one extra [*, H, N, N] buffer compared with the fused kernel.
+- `TorchSoftmaxKernel` stands in for the extension: registered as the `attn_core_inplace_cuda` module when none is
+  installed, and set as that module global in the two OpenFold modules that call it
+  (`openfold.model.structure_module`, `openfold.utils.kernel.attention_core`), so a compiled copy from another
+  install is never used either. It does the same in-place softmax (and its backward) with plain torch ops on any
+  device: numerically `torch.softmax`; on GPU it costs one extra [*, H, N, N] buffer compared with the fused kernel.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import sys
 from types import ModuleType
 
 import numpy as np
 import torch
 
+KERNEL_MODULE = "attn_core_inplace_cuda"
 # Modules that bind the compiled extension as a module global at import time (openfold 0.0.1).
 KERNEL_USERS = ("openfold.model.structure_module", "openfold.utils.kernel.attention_core")
 
@@ -66,15 +70,17 @@ def _check_rows_cols(t: torch.Tensor, rows: int, cols: int) -> None:
 def import_openfold() -> ModuleType:
     """Import `openfold` with the two fixes above applied; raise ImportError saying how to install it."""
     if "object" not in np.__dict__:
-        np.object = object  # NumPy 2 removed the alias; openfold/data/templates.py still uses it.
+        np.object = object  # NumPy 1.24 removed the alias; openfold/data/templates.py still uses it.
+    if KERNEL_MODULE not in sys.modules and importlib.util.find_spec(KERNEL_MODULE) is None:
+        sys.modules[KERNEL_MODULE] = TorchSoftmaxKernel  # what `importlib.import_module(KERNEL_MODULE)` returns
     try:
         openfold = importlib.import_module("openfold")
         users = [importlib.import_module(name) for name in KERNEL_USERS]
     except ImportError as err:
         raise ImportError(
             f"OpenFold is not importable ({err}). Install it with `bash scripts/install_openfold.sh` "
-            "(or `conda env create -f envs/openfold.yaml` on a cluster); see docs/openfold.md."
+            "(clusters: envs/openfold.yaml with its post-deploy script); see docs/openfold.md."
         ) from err
     for module in users:
-        module.attn_core_inplace_cuda = TorchSoftmaxKernel
+        setattr(module, KERNEL_MODULE, TorchSoftmaxKernel)
     return openfold
