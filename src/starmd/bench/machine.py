@@ -6,6 +6,9 @@ we quote.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import os
 import platform
 import re
@@ -50,8 +53,19 @@ def describe_machine() -> dict:
     return out
 
 
+def release_freed_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the kernel (glibc malloc_trim), so the resident memory left
+    over from an earlier measurement does not absorb the next one's allocations."""
+    gc.collect()
+    libc = ctypes.util.find_library("c")
+    if libc is not None and hasattr(ctypes.CDLL(libc), "malloc_trim"):
+        ctypes.CDLL(libc).malloc_trim(0)
+
+
 def reset_peak_rss() -> None:
-    """Reset the kernel's high-water mark of resident memory (Linux >= 4.0: write 5 to /proc/self/clear_refs)."""
+    """Release freed memory, then reset the kernel's high-water mark of resident memory (Linux >= 4.0: write 5 to
+    /proc/self/clear_refs), so VmHWM afterwards is the peak of what follows."""
+    release_freed_memory()
     _CLEAR_REFS.write_text("5")
 
 

@@ -1,16 +1,15 @@
-"""The measured work itself, importable so it can also run in a fresh process (for a clean peak-memory reading).
+"""The measured work itself: real rollouts and real training steps of random-init models on synthetic proteins.
 
-`in_fresh_process(fn, **kwargs)` runs `fn` in a spawned interpreter; each fn here returns a JSON-ready dict and
-brackets only its measured part with `peak_rss`, so model construction and imports are not counted.
+Each function returns a JSON-ready dict and brackets only its measured part with `peak_rss` (freed heap handed back
+to the kernel first, then the resident high-water mark reset), so model construction, imports and what an earlier
+measurement left behind are not counted.
 """
 
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
 import time
-from concurrent.futures import ProcessPoolExecutor
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
 
@@ -22,12 +21,6 @@ from starmd.rollout.sampler import iter_frames, make_context
 from starmd.training.config import TrainingConfig
 from starmd.training.losses import compute_loss
 from starmd.training.optim import build_optimizer
-
-
-def in_fresh_process(fn: Callable[..., dict], **kwargs) -> dict:
-    """fn(**kwargs) in a new spawned Python process (its resident-memory high-water mark starts clean)."""
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(fn, **kwargs).result()
 
 
 @contextlib.contextmanager
