@@ -44,7 +44,7 @@ class DemoProtein(NamedTuple):
 DEMO_TEST_CONFIG = {
     "proteins": [{"name": "tpep_A", "sequence": "GAWKEA", "split": "train"}],
     "minimize_max_iterations": 100, "equilibration_ps": 0.2, "production_ps": 1.2, "frame_interval_ps": 0.2,
-    "replica_seeds": [11, 12, 13], "threads": 1,
+    "replica_seeds": [11, 12, 13],
 }
 
 

@@ -5,9 +5,10 @@ runs with tens of ps of implicit-solvent OpenMM MD of short peptides. Everything
 training, evaluation) reads `{name}.pdb` + `{name}_prod_R{k}_fit.xtc` and cannot tell the two apart.
 
 Start structures are built from sequence (PeptideBuilder, backbone dihedrals from config; the default is an
-alpha-helix so the peptides start with some structure and fray/refold during the run), completed by pdbfixer
-(hydrogens at pH 7, terminal OXT), then minimised once; the three replicas start from that minimised structure with
-their own velocity and Langevin seeds, as ATLAS's replicas share a start structure.
+alpha-helix so the helix-forming demo peptides start structured and fray/refold during the run), given a terminal
+OXT, checked complete by pdbfixer, protonated by OpenMM's Modeller (pH from config), then minimised once; the
+replicas start from that minimised structure with their own velocity and Langevin seeds, as ATLAS's replicas share
+a start structure. The thread count is a CLI flag (`--threads`, Snakemake's `{threads}`), not science config.
 """
 
 from __future__ import annotations
@@ -55,7 +56,6 @@ class DemoConfig:
     start_phi_deg: float = -57.0
     start_psi_deg: float = -47.0
     ph: float = 7.0
-    threads: int = 1
     log_every_ps: float = 10.0
 
     @classmethod
@@ -134,7 +134,7 @@ def build_start_structure(sequence: str, phi_deg: float, psi_deg: float, ph: flo
     return modeller.topology, modeller.positions
 
 
-def _simulation(topology, system, cfg: DemoConfig, seed: int):
+def _simulation(topology, system, cfg: DemoConfig, seed: int, threads: int):
     import openmm
     from openmm import app, unit
 
@@ -143,14 +143,15 @@ def _simulation(topology, system, cfg: DemoConfig, seed: int):
                                                  cfg.timestep_fs * unit.femtoseconds)
     integrator.setRandomNumberSeed(seed)  # must precede Context creation to take effect
     platform = openmm.Platform.getPlatformByName("CPU")
-    return app.Simulation(topology, system, integrator, platform, {"Threads": str(cfg.threads)})
+    return app.Simulation(topology, system, integrator, platform, {"Threads": str(threads)})
 
 
-def run_replica(topology, system, start_positions, cfg: DemoConfig, seed: int, label: str) -> tuple[np.ndarray, dict]:
+def run_replica(topology, system, start_positions, cfg: DemoConfig, seed: int, threads: int,
+                label: str) -> tuple[np.ndarray, dict]:
     """Equilibrate then run production from the minimised start; returns xyz [T, n_atoms, 3] in nm and timings."""
     from openmm import unit
 
-    sim = _simulation(topology, system, cfg, seed)
+    sim = _simulation(topology, system, cfg, seed, threads)
     sim.context.setPositions(start_positions)
     sim.context.setVelocitiesToTemperature(cfg.temperature_k * unit.kelvin, seed)
     n_equil = int(round(cfg.equilibration_ps * 1000.0 / cfg.timestep_fs))
@@ -194,7 +195,7 @@ def atomic_dir(target: Path) -> Iterator[Path]:
         raise
 
 
-def prepare_demo(name: str, out_dir: str | os.PathLike, cfg: DemoConfig) -> Path:
+def prepare_demo(name: str, out_dir: str | os.PathLike, cfg: DemoConfig, threads: int = 1) -> Path:
     """Simulate demo protein `name` and write `{name}.pdb`, `{name}_prod_R{k}_fit.xtc`, `provenance.json`."""
     import mdtraj as md
     import openmm
@@ -210,7 +211,7 @@ def prepare_demo(name: str, out_dir: str | os.PathLike, cfg: DemoConfig) -> Path
                                                 cfg.replica_seeds[0])
     system = forcefield.createSystem(topology, nonbondedMethod=app.NoCutoff, constraints=app.HBonds,
                                      hydrogenMass=cfg.hydrogen_mass_amu * unit.amu)
-    minimiser = _simulation(topology, system, cfg, cfg.replica_seeds[0])
+    minimiser = _simulation(topology, system, cfg, cfg.replica_seeds[0], threads)
     minimiser.context.setPositions(positions)
     minimiser.minimizeEnergy(maxIterations=cfg.minimize_max_iterations)
     start_positions = minimiser.context.getState(getPositions=True).getPositions(asNumpy=True)
@@ -222,7 +223,7 @@ def prepare_demo(name: str, out_dir: str | os.PathLike, cfg: DemoConfig) -> Path
     with atomic_dir(out_dir) as work:
         start.save_pdb(str(work / f"{name}.pdb"))
         for k, seed in enumerate(cfg.replica_seeds, start=1):
-            xyz, timing = run_replica(topology, system, start_positions, cfg, seed, f"{name} R{k}")
+            xyz, timing = run_replica(topology, system, start_positions, cfg, seed, threads, f"{name} R{k}")
             time_ps = cfg.frame_interval_ps * np.arange(1, cfg.n_frames + 1)
             traj = md.Trajectory(xyz, md_top, time=time_ps)
             traj.superpose(start, 0, atom_indices=fit_atoms)  # "_fit": rot+trans fitted on the backbone, as ATLAS
@@ -230,7 +231,7 @@ def prepare_demo(name: str, out_dir: str | os.PathLike, cfg: DemoConfig) -> Path
             replicas.append({"replica": f"R{k}", **timing})
         write_json(work / "provenance.json", {
             "name": name, "sequence": sequence, "split": protein.get("split"),
-            "engine": f"OpenMM {openmm.__version__}", "platform": "CPU", "threads": cfg.threads,
+            "engine": f"OpenMM {openmm.__version__}", "platform": "CPU", "threads": threads,
             "forcefield": cfg.forcefield, "implicit_solvent": cfg.implicit_solvent, "nonbonded": "NoCutoff",
             "constraints": "HBonds", "hydrogen_mass_amu": cfg.hydrogen_mass_amu,
             "integrator": "LangevinMiddleIntegrator", "temperature_k": cfg.temperature_k,
@@ -256,7 +257,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", required=True, help="demo protein name, one of demo.proteins[].name")
     parser.add_argument("--out-dir", required=True, type=Path, help="data/raw/demo/{name}")
     parser.add_argument("--config-json", required=True, help="JSON of the `demo` config section")
+    parser.add_argument("--threads", type=int, default=1, help="OpenMM CPU platform threads (Snakemake {threads})")
     args = parser.parse_args(argv)
+    if args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    prepare_demo(args.name, args.out_dir, DemoConfig.from_json(args.config_json))
+    prepare_demo(args.name, args.out_dir, DemoConfig.from_json(args.config_json), threads=args.threads)
     return 0
