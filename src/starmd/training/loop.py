@@ -104,7 +104,7 @@ class Trainer:
         if not self.last_path.exists():
             torch.manual_seed(self.cfg.seed * 1000 + self.env.rank)
             return
-        ckpt = load_checkpoint(self.last_path, map_location=self.env.device)
+        ckpt = load_checkpoint(self.last_path)  # CPU: RNG states must stay CPU tensors; load_state_dict moves weights
         _check_resumable(ckpt["config"], self.config, self.last_path)
         self.model.load_state_dict(ckpt["model"])
         self.ema.load_state_dict(ckpt["ema"])
