@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 import h5py
+import mdtraj as md
 import numpy as np
 import pytest
 import torch
@@ -118,7 +119,8 @@ def test_unknown_residue_letter_rejected(tmp_path):
 
 
 @pytest.mark.parametrize("bad, match", [({"pair_dtype": "bfloat16"}, "pair_dtype"), ({"recycle": 3}, "unknown keys"),
-                                        ({"recycles": -1}, "recycles"), ({"chunk_size": 0}, "chunk_size")])
+                                        ({"recycles": -1}, "recycles"), ({"chunk_size": 0}, "chunk_size"),
+                                        ({"device": "gpu"}, "device")])
 def test_bad_settings_rejected(tmp_path, bad, match):
     with pytest.raises(ValueError, match=match):
         of.OpenFoldSettings.from_config(features_cfg(tmp_path / "w.pt", **bad))
@@ -210,6 +212,8 @@ def test_training_checkpoint_layout_and_mismatched_weights(tiny_weights, tmp_pat
 
     with pytest.raises(ValueError, match=r"does not match preset 'model_3_ptm'.* 0 missing keys.* unexpected keys"):
         of.featurize(name="p1", sequence=SEQ, pdb_path=None, cfg=features_cfg(tiny_weights, evoformer_blocks=1))
+    with pytest.raises(ValueError, match="features.openfold.preset: 'model_9' is not an OpenFold preset"):
+        of.featurize(name="p1", sequence=SEQ, pdb_path=None, cfg=features_cfg(tiny_weights, preset="model_9"))
 
 
 def test_trimmed_msa_padding_gives_openfolds_own_outputs(tiny_weights):
@@ -252,6 +256,37 @@ def test_cli_writes_the_offline_featurizers_schema(tiny_weights, demo_protein, t
     attrs = feats["attrs"]
     assert (attrs["featurizer"], attrs["sequence"], attrs["c_s"], attrs["c_z"]) == ("openfold", "GAWKEA", 384, 128)
     assert attrs["weights_sha256"] == sha256sum(tiny_weights) and attrs["preset"] == "model_3_ptm"
+
+
+@pytest.mark.slow
+def test_training_and_rollout_run_on_openfold_features(tiny_weights, demo_protein, tmp_path):
+    """demo MD -> frames -> OpenFold features (CLI) -> 2 training steps -> a 3-frame rollout, all through the CLIs."""
+    from training_data import TINY_MODEL
+
+    from starmd.data.frames import main as frames_main
+    from starmd.features.cli import main as featurize_main
+    from starmd.rollout.cli import main as rollout_main
+    from starmd.training.cli import main as train_main
+
+    name = demo_protein.name
+    frames, features = tmp_path / "frames" / f"{name}.h5", tmp_path / "features" / "openfold" / f"{name}.h5"
+    assert frames_main(["--pdb", str(demo_protein.pdb), "--xtc", *map(str, demo_protein.xtcs), "--out", str(frames),
+                        "--name", name, "--config-json", "{}"]) == 0
+    assert featurize_main(["--featurizer", "openfold", "--name", name, "--pdb", str(demo_protein.pdb), "--out",
+                           str(features), "--config-json",
+                           json.dumps({"featurizer": "openfold", **features_cfg(tiny_weights, pair_dtype="float16")})
+                           ]) == 0
+    run = tmp_path / "run"
+    training = {"steps": 2, "num_frames": 2, "strides": [1], "batch_size": 1, "warmup_steps": 1, "val_every": 100,
+                "checkpoint_every": 100, "log_every": 1, "bf16": False}
+    assert train_main(["--frames", str(frames), "--features", str(features), "--run-dir", str(run), "--config-json",
+                       json.dumps({"training": training, "model": TINY_MODEL}), "--device", "cpu"]) == 0
+    out = tmp_path / "rollouts" / f"{name}.h5"
+    rollout = {"n_frames": 3, "delta_t_ps": 0.2, "n_samples": 1, "steps": 2, "progress_bar": False, "device": "cpu"}
+    assert rollout_main(["--checkpoint", str(run / "checkpoints" / "final.pt"), "--features", str(features),
+                         "--frames", str(frames), "--out", str(out), "--config-json", json.dumps(rollout)]) == 0
+    traj = md.load(out.with_name(f"{name}_s0.xtc"), top=out.with_suffix(".pdb"))
+    assert (traj.n_frames, traj.n_residues) == (3, 6) and np.isfinite(traj.xyz).all()
 
 
 @pytest.mark.slow

@@ -78,6 +78,11 @@ class OpenFoldSettings:
             value = getattr(s, key)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"features.openfold.{key}: {value!r}, expected null or an integer >= 1")
+        if s.device != "auto":
+            try:
+                torch.device(s.device)
+            except RuntimeError as err:
+                raise ValueError(f"features.openfold.device: {s.device!r} is not a torch device ({err})") from None
         return s
 
     def torch_device(self) -> torch.device:
@@ -208,10 +213,11 @@ class OpenFoldRunner:
         try:
             self.config = model_config(preset)
         except ValueError as err:
-            raise ValueError(f"features.openfold.preset: {err}") from None
+            raise ValueError(f"features.openfold.preset: {preset!r} is not an OpenFold preset ({err})") from None
         self.config.data.common.max_recycling_iters = recycles
         self.config.globals.chunk_size = chunk_size
-        for stack in (self.config.model.evoformer_stack, self.config.model.extra_msa.extra_msa_stack):
+        model = self.config.model
+        for stack in (model.evoformer_stack, model.extra_msa.extra_msa_stack, model.template.template_pair_stack):
             stack.tune_chunk_size = False
         if evoformer_blocks is not None:
             self.config.model.evoformer_stack.no_blocks = evoformer_blocks

@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+import warnings
 from types import ModuleType
 
 import numpy as np
@@ -74,8 +75,11 @@ def import_openfold() -> ModuleType:
     if KERNEL_MODULE not in sys.modules and importlib.util.find_spec(KERNEL_MODULE) is None:
         sys.modules[KERNEL_MODULE] = TorchSoftmaxKernel  # what `importlib.import_module(KERNEL_MODULE)` returns
     try:
-        openfold = importlib.import_module("openfold")
-        users = [importlib.import_module(name) for name in KERNEL_USERS]
+        with warnings.catch_warnings():  # biopython 1.81 (pinned for it) announces the SCOPData deprecation
+            warnings.filterwarnings("ignore", message="The 'Bio.Data.SCOPData' module will be deprecated")
+            openfold = importlib.import_module("openfold")
+            users = [importlib.import_module(name) for name in KERNEL_USERS]
+            importlib.import_module("openfold.data.data_pipeline")  # imports Bio.Data.SCOPData
     except ImportError as err:
         raise ImportError(
             f"OpenFold is not importable ({err}). Install it with `bash scripts/install_openfold.sh` "
