@@ -150,3 +150,13 @@ def test_training_config_rejects_unknown_and_mistyped_keys():
         TrainingConfig.from_dict({"steps": "10"})
     with pytest.raises(ValueError, match="training.tau_max must be in"):
         TrainingConfig.from_dict({"tau_max": -0.1})
+
+
+def test_schema_fragment_matches_the_config_dataclass(repo_root):
+    import yaml
+
+    schema = yaml.safe_load((repo_root / "schemas" / "training.schema.yaml").read_text())
+    assert schema["additionalProperties"] is False
+    defaults = TrainingConfig().to_dict()
+    assert {k: v["default"] for k, v in schema["properties"].items()} == defaults
+    assert all(v.get("description") for v in schema["properties"].values())
