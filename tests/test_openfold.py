@@ -27,7 +27,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:Using a non-tuple sequence:UserW
 SEQ = "MKTAYIAKQR"
 HAVE_OPENFOLD = importlib.util.find_spec("openfold") is not None
 needs_openfold = pytest.mark.skipif(
-    not HAVE_OPENFOLD, reason="openfold is not installed (bash scripts/install_openfold.sh, about 2 min on CPU)")
+    not HAVE_OPENFOLD, reason="openfold is not installed (bash scripts/install_openfold.sh, about 30 s)")
 
 
 def write_random_checkpoint(path: Path, evoformer_blocks: int | None, seed: int = 0) -> Path:
@@ -53,7 +53,7 @@ def write_random_checkpoint(path: Path, evoformer_blocks: int | None, seed: int 
 @pytest.fixture(scope="module")
 def tiny_weights(tmp_path_factory) -> Path:
     if not HAVE_OPENFOLD:
-        pytest.skip("openfold is not installed (bash scripts/install_openfold.sh)")
+        pytest.skip("openfold is not installed (bash scripts/install_openfold.sh, about 30 s)")
     return write_random_checkpoint(tmp_path_factory.mktemp("weights") / "finetuning_no_templ_ptm_1.pt", 2)
 
 
@@ -290,6 +290,7 @@ def test_training_and_rollout_run_on_openfold_features(tiny_weights, demo_protei
 
 
 @pytest.mark.slow
+@needs_openfold
 def test_full_model_3_ptm_preset(tmp_path):
     """The real 48-block preset (about 93M parameters) with 3 recycles, loaded from an official-format file."""
     weights = write_random_checkpoint(tmp_path / "finetuning_no_templ_ptm_1.pt", None)
