@@ -108,9 +108,10 @@ def featurize(*, name: str, sequence: str, pdb_path: str | os.PathLike | None,
     msa = read_a3m(msa_path, sequence) if msa_path else ([sequence], [[0] * len(sequence)])
     msa_sha = sha256sum(msa_path) if msa_path else "single_sequence"
     key = cache_key(sequence=sequence, msa_sha256=msa_sha, weights_sha256=weights_sha, settings=settings)
-    attrs = {"featurizer": "openfold", "weights_sha256": weights_sha, "weights_file": Path(settings.weights).name, "preset": settings.preset,
-             "recycles": settings.recycles, "msa": msa_path.name if msa_path else "single_sequence",
-             "msa_sha256": msa_sha, "seed": settings.seed, "sequence": sequence, "cache_key": key}
+    attrs = {"featurizer": "openfold", "weights_sha256": weights_sha, "weights_file": Path(settings.weights).name,
+             "preset": settings.preset, "recycles": settings.recycles,
+             "msa": msa_path.name if msa_path else "single_sequence", "msa_sha256": msa_sha, "seed": settings.seed,
+             "sequence": sequence, "cache_key": key}
 
     start = time.perf_counter()
     cached = _cache_file(settings, key)
