@@ -24,7 +24,7 @@ from training_data import TINY_MODEL, make_two_proteins
 
 STEPS = 14
 TRAINING = {"steps": STEPS, "batch_size": 2, "num_frames": 3, "strides": [1, 2], "crop_size": 12, "log_every": 1,
-            "val_every": 5, "val_samples": 2, "checkpoint_every": 3, "warmup_steps": 2, "lr": 1e-3}
+            "val_every": 5, "val_samples": 2, "checkpoint_every": 3, "warmup_steps": 2, "lr": 1e-3, "num_workers": 1}
 
 
 def _command(files, run_dir: Path) -> list[str]:
@@ -47,11 +47,11 @@ def _run_and_kill(files, run_dir: Path, sig: int, after_step: int) -> subprocess
     """Start training, send `sig` once metrics show `after_step` steps done, wait for the exit."""
     metrics = run_dir / "checkpoints" / "metrics.jsonl"
     proc = subprocess.Popen(_command(files, run_dir), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, start_new_session=True)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
         if metrics.exists() and len(metrics.read_text().splitlines()) >= after_step:
-            proc.send_signal(sig)
+            os.killpg(proc.pid, sig)  # like SLURM: every process of the step, DataLoader workers included
             break
         time.sleep(0.02)
     out, err = proc.communicate(timeout=120)

@@ -33,7 +33,7 @@ from starmd.training.distributed import (DistEnv, all_reduce_mean, all_reduce_su
 from starmd.training.losses import compute_loss
 from starmd.training.metrics import MetricsLog, format_line, memory_mb
 from starmd.training.optim import build_ema, build_optimizer
-from starmd.training.signals import PreemptionFlag, Preempted
+from starmd.training.signals import PreemptionFlag, Preempted, ignore_in_worker
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,8 @@ class Trainer:
                                    grad_accum=cfg.grad_accum, rank=env.rank, world_size=env.world_size)
         # Own generator: creating the loader iterator must not consume the global RNG (resume would drift).
         loader = DataLoader(self.train_data, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.num_workers,
-                            generator=torch.Generator().manual_seed(cfg.seed), pin_memory=env.device.type == "cuda")
+                            worker_init_fn=ignore_in_worker, generator=torch.Generator().manual_seed(cfg.seed),
+                            pin_memory=env.device.type == "cuda")
         batches = iter(loader)
         bar = None
         if cfg.progress_bar and env.is_main:

@@ -38,6 +38,14 @@ class PreemptionFlag:
             signal.signal(sig, handler)
 
 
+def ignore_in_worker(worker_id: int) -> None:
+    """DataLoader `worker_init_fn`: SLURM signals every process of the step, workers included. A worker killed by
+    SIGTERM makes the DataLoader raise in the main process before it can checkpoint, so workers ignore the signals
+    and leave shutdown to the main process (they exit when it closes the loader or dies)."""
+    for sig in PREEMPTION_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 class Preempted(Exception):
     """Raised after the checkpoint is written, carrying the signal; the CLI turns it into REQUEUE_EXIT_CODE."""
 
