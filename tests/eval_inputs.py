@@ -8,6 +8,7 @@ docs/architecture.md: raw pdb + `_prod_R{k}_fit.xtc`, frames HDF5, rollout HDF5 
 from __future__ import annotations
 
 import io
+import tempfile
 from pathlib import Path
 
 import h5py
@@ -39,9 +40,10 @@ def helix_topology_traj() -> md.Trajectory:
     pdbio.set_structure(structure)
     buf = io.StringIO()
     pdbio.save(buf)
-    path = Path(__import__("tempfile").mkdtemp()) / "helix.pdb"
-    path.write_text(buf.getvalue())
-    return md.load(str(path))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "helix.pdb"
+        path.write_text(buf.getvalue())
+        return md.load(str(path))
 
 
 def md_like(start: md.Trajectory, n_frames: int, seed: int, amplitude_A: float = 0.5, phi: float = 0.97,

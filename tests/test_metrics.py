@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import h5py
 import numpy as np
@@ -220,6 +221,12 @@ def test_evaluate_bad_inputs_name_file_and_key(evaluated, tmp_path):
         main(argv[:2] + ["--rollout", str(broken)] + argv[4:])
     with pytest.raises(ValueError, match="R9"):
         main(argv[:-1] + ['{"reference_replica": "R9"}'])
+    frames = tmp_path / "frames.h5"
+    shutil.copy(root / "frames" / "helix.h5", frames)
+    with h5py.File(frames, "a") as h5:
+        h5.attrs["stride"] = 1  # the raw xtc holds 2 raw frames per stored frame
+    with pytest.raises(ValueError, match=r"helix_prod_R1_fit\.xtc.*frames\.h5"):
+        main(argv[:4] + ["--frames", str(frames)] + argv[6:])
 
 
 def test_schema_fragment_matches_config(repo_root):
