@@ -103,7 +103,10 @@ def test_sigkill_resumes_from_last_periodic_checkpoint(reference):
     assert killed.returncode == -signal.SIGKILL
     survived = load_checkpoint(run / "checkpoints" / "last.pt")  # loadable despite the kill (atomic writes)
     assert survived["step"] in (6, 9, 12)
+    partial = run / "checkpoints" / ".last.pt.k1ll3d.tmp.pt"  # what a kill during torch.save leaves behind
+    partial.write_bytes(b"cut short")
     resumed = _run(files, run)
+    assert not partial.exists()
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"at step {survived['step']}" in resumed.stderr
     _assert_same_state(final, load_checkpoint(run / "checkpoints" / "final.pt"))

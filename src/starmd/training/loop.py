@@ -101,6 +101,9 @@ class Trainer:
 
     def resume_or_seed(self) -> None:
         """Continue from last.pt if the run dir has one, else seed every RNG from (seed, rank)."""
+        if self.env.is_main:
+            for stale in self.ckpt_dir.glob(".*.pt.*"):  # temp files of a checkpoint write cut short by SIGKILL
+                stale.unlink()
         if not self.last_path.exists():
             torch.manual_seed(self.cfg.seed * 1000 + self.env.rank)
             return
@@ -125,10 +128,6 @@ class Trainer:
             log.info("resumed %s at step %d", self.last_path, self.step)
 
     # --- one optimizer step --------------------------------------------------------------------------------------------
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        on_gpu = self.env.device.type == "cuda"
-        return torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu and self.cfg.bf16 else contextlib.nullcontext()
-
     def train_step(self, micro_batches: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
         """Forward/backward every micro-batch, then clip, step (or skip if non-finite), update EMA and the schedule."""
         self.ddp.train()
@@ -138,8 +137,7 @@ class Trainer:
             sync = contextlib.nullcontext() if (i == len(micro_batches) - 1 or self.ddp is self.model) \
                 else self.ddp.no_sync()
             with sync:
-                with self._autocast():
-                    out = compute_loss(self.ddp, self.diffuser, batch, self.cfg)
+                out = compute_loss(self.ddp, self.diffuser, batch, self.cfg)
                 (out["loss"] / len(micro_batches)).backward()
             for k, v in out.items():
                 parts_sum[k] = parts_sum.get(k, 0) + v.detach().float() / len(micro_batches)
@@ -179,8 +177,7 @@ class Trainer:
         for start in range(0, len(ids), self.cfg.batch_size):
             chunk = ids[start:start + self.cfg.batch_size]
             batch = _to_device(collate([self.val_data[i] for i in chunk]), self.env.device, self.dtype)
-            with self._autocast():
-                loss = compute_loss(model, self.diffuser, batch, self.cfg)["loss"]
+            loss = compute_loss(model, self.diffuser, batch, self.cfg)["loss"]
             total += torch.stack([loss.double() * len(chunk), torch.tensor(len(chunk), device=self.env.device)])
         total = all_reduce_sum(total)
         return float(total[0] / total[1])

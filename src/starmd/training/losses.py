@@ -53,8 +53,10 @@ def compute_loss(model: torch.nn.Module, diffuser: Any, batch: dict[str, torch.T
               for i in range(b)]
     tgt = Rigid.stack([o["rigids_t"] for o in noised], dim=0)  # [B, L, N]
     ctx = Rigid.stack([diffuser.contextual_noise(rigids_0[i], tau[i], gens[i]) for i in range(b)], dim=0)
-    out = model(batch["single"], batch["pair"], ctx, tau, tgt, t, batch["frame_time_ps"], batch["delta_t_ps"],
-                res_mask)
+    # bf16 only inside the network (which keeps its rigids in fp32); noising and losses stay in full precision
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda"):
+        out = model(batch["single"], batch["pair"], ctx, tau, tgt, t, batch["frame_time_ps"], batch["delta_t_ps"],
+                    res_mask)
     pred: Rigid = out["pred_rigids"]  # [B, L, N] x0 prediction (A)
     mask = res_mask[:, None, :].expand(b, n_frames, -1)  # [B, L, N]
 
