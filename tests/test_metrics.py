@@ -123,6 +123,7 @@ def test_w2_pairwise_rmsd_and_autocorrelation_known_values():
         x[t] = 0.9 * x[t - 1] + rng.normal()
     acf = M.autocorrelation(x, 5)
     assert np.allclose(acf, 0.9 ** np.arange(6), atol=0.03)
+    assert np.all(np.abs(M.autocorrelation(x[:30], 29)) <= 1 + 1e-12)  # bounded even where few pairs remain
     assert decorrelation_lag(acf) == 5 and decorrelation_lag(M.autocorrelation(x, 20)) == 10  # 0.9^10 < 1/e
 
 
@@ -179,6 +180,7 @@ def test_evaluate_oracle_beats_noise_baseline(evaluated):
     # noise matched to the reference RMSF reproduces the RMSF profile: the flag must say so
     assert "baseline_noise" in m["rmsf_pearson_r"]["oracle_not_separated_from"]
     assert m["jsd_pca"]["reference"] == pytest.approx(0.0, abs=1e-9)
+    assert m["pairwise_rmsd_abs_error_A"]["reference"] == 0.0 and m["w2_pca_A"]["reference"] == 0.0
     assert m["recall_pca"]["reference"] == 1.0 and m["rmsf_pearson_r"]["reference"] == pytest.approx(1.0)
     assert m["ca_validity"]["model"] == 1.0 and m["ca_aa_validity"]["baseline_noise"] < 0.1
 

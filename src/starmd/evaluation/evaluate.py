@@ -193,7 +193,11 @@ def evaluate_protein(name: str, rollout: Rollout, reference: Reference, cfg: Eva
         if rep not in reference.ca:
             raise ValueError(f"{name}: {role} {rep!r} not in the frames file (replicas {sorted(reference.ca)})")
     gen_stride, ref_stride, spacing = common_time_grid(rollout.delta_t_ps, reference.dt_ps)
-    rng = np.random.default_rng(cfg.seed)
+    rng = np.random.default_rng([cfg.seed, len(ENSEMBLES)])  # baseline draws; per-ensemble streams below
+
+    def ensemble_rng(key: str) -> np.random.Generator:
+        """Independent of scoring order; the reference's stream reproduces its own subsamples exactly."""
+        return np.random.default_rng([cfg.seed, ENSEMBLES.index(key)])
 
     def align(xyz: np.ndarray) -> np.ndarray:
         return M.superpose(xyz, reference.start_ca)
@@ -215,10 +219,10 @@ def evaluate_protein(name: str, rollout: Rollout, reference: Reference, cfg: Eva
     ens["baseline_replica"] = Ensemble([align(pool_ca)], [pool_bb], f"random frames of replicas {pool}")
 
     ref_acf = _acf(ens["reference"], stats, cfg.acf_max_lag)
-    ref_pairwise = M.mean_pairwise_rmsd(stats.ca, cfg.pairwise_rmsd_max_frames, rng)
+    ref_pairwise = M.mean_pairwise_rmsd(stats.ca, cfg.pairwise_rmsd_max_frames, ensemble_rng("reference"))
     scores, per_ens = {}, {}
     for key in ENSEMBLES:
-        scores[key], per_ens[key] = _score(ens[key], stats, ref_acf, ref_pairwise, cfg, rng)
+        scores[key], per_ens[key] = _score(ens[key], stats, ref_acf, ref_pairwise, cfg, ensemble_rng(key))
 
     metrics = {}
     for metric, (higher, description) in METRICS.items():

@@ -267,10 +267,14 @@ def pc1_cosine(reference_ca: np.ndarray, generated_ca: np.ndarray) -> float:
 
 # --- dynamics -------------------------------------------------------------------------------------------------------
 def autocorrelation(x: np.ndarray, max_lag: int) -> np.ndarray:
-    """[min(max_lag, T-1) + 1] normalised autocorrelation of a 1-D series about its own mean (C(0) = 1)."""
+    """[min(max_lag, T-1) + 1] autocorrelation of a 1-D series about its own mean, C(0) = 1.
+
+    The standard biased estimator (every lag's sum divided by T, as statsmodels' default): |C(k)| <= 1, and long
+    lags, which few pairs support, shrink towards 0 instead of exploding.
+    """
     x = np.asarray(x, dtype=np.float64) - np.mean(x)
-    var = float(x @ x) / len(x)
     lags = range(min(max_lag, len(x) - 1) + 1)
-    if var == 0:
+    power = float(x @ x)
+    if power == 0:
         return np.array([1.0] + [0.0] * (len(lags) - 1))
-    return np.array([float(x[: len(x) - k] @ x[k:]) / (len(x) - k) / var for k in lags])
+    return np.array([float(x[: len(x) - k] @ x[k:]) / power for k in lags])
