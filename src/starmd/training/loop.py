@@ -201,26 +201,27 @@ class Trainer:
             bar = tqdm(total=cfg.steps, initial=self.step, desc="train", dynamic_ncols=True)
         record: dict[str, Any] = {"step": self.step}
         frames = tokens = 0
-        tic = time.perf_counter()
+        busy = 0.0  # seconds spent loading and training since the last log line (validation and saving excluded)
         with PreemptionFlag() as preempt:
             while self.step < cfg.steps:
+                tic = time.perf_counter()
                 micro = [next(batches) for _ in range(cfg.grad_accum)]
                 frames_local = sum(b["rots"].shape[0] * b["rots"].shape[1] for b in micro)
                 tokens_local = sum(int(b["res_mask"].sum()) * b["rots"].shape[1] for b in micro)
                 frames += frames_local * env.world_size
                 tokens += tokens_local * env.world_size
                 out = self.train_step(micro)
+                busy += time.perf_counter() - tic
                 if bar is not None:
                     bar.update(1)
                 record = {"step": self.step}
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                    elapsed = time.perf_counter() - tic
                     record.update(loss=out["parts"].pop("loss"), parts=out["parts"], lr=out["lr"],
-                                  grad_norm=out["grad_norm"], frames_per_s=frames / elapsed,
-                                  tokens_per_s=tokens / elapsed, memory_mb=memory_mb(env.device),
+                                  grad_norm=out["grad_norm"], frames_per_s=frames / busy,
+                                  tokens_per_s=tokens / busy, memory_mb=memory_mb(env.device),
                                   nonfinite_total=self.nonfinite_total)
                     frames = tokens = 0
-                    tic = time.perf_counter()
+                    busy = 0.0
                     if env.is_main:
                         log.info(format_line(record))
                 if self.step % cfg.val_every == 0 or self.step == cfg.steps:
