@@ -1,8 +1,9 @@
 """`python -m starmd figures`: every paper figure and the metrics table, from saved JSON only (never recomputed).
 
 Inputs: eval JSONs (`python -m starmd evaluate`), the training `metrics.jsonl`, optional ablation eval JSONs and the
-KV-cache benchmark JSON. Output files are byte-reproducible: Agg backend, fixed rcParams, no timestamps or software
-tags in PNG/PDF metadata, so a rerun on the same inputs rewrites identical files.
+KV-cache benchmark JSON. Output files are byte-reproducible: pyplot-free `Figure` objects rendered by Agg (PNG) and
+the PDF backend, matplotlib's default style plus `RC` (in a context, so the caller's settings are untouched), no
+timestamps or software tags in PNG/PDF metadata: a rerun on the same inputs rewrites identical files.
 """
 
 from __future__ import annotations
@@ -13,16 +14,14 @@ import logging
 from pathlib import Path
 
 import matplotlib
+import matplotlib.style
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from starmd.evaluation.config import EvaluationConfig  # noqa: E402
-from starmd.evaluation.report import write_html  # noqa: E402
-from starmd.evaluation.summary import (  # noqa: E402
-    load_eval, mean_time_curves, rows_to_csv, rows_to_markdown, summary_rows, COLUMNS)
-from starmd.io import atomic_path  # noqa: E402
+from starmd.evaluation.config import EvaluationConfig
+from starmd.evaluation.report import write_html
+from starmd.evaluation.summary import COLUMNS, load_eval, mean_time_curves, rows_to_csv, rows_to_markdown, summary_rows
+from starmd.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -37,28 +36,29 @@ PNG_META = {"Software": None}
 PDF_META = {"CreationDate": None, "ModDate": None, "Producer": None, "Creator": None}
 
 
-def save(fig, out_dir: Path, stem: str) -> Path:
+def save(fig: Figure, out_dir: Path, stem: str) -> Path:
     """Write stem.png and stem.pdf atomically without metadata; returns the PNG path."""
     png = out_dir / f"{stem}.png"
     with atomic_path(png) as tmp:
         fig.savefig(tmp, format="png", metadata=PNG_META, bbox_inches="tight")
     with atomic_path(out_dir / f"{stem}.pdf") as tmp:
         fig.savefig(tmp, format="pdf", metadata=PDF_META, bbox_inches="tight")
-    plt.close(fig)
     return png
 
 
 def _grid(n: int, width: float = 3.2, height: float = 2.6):
     cols = min(n, 3)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    fig = Figure(figsize=(width * cols, height * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.ravel()[n:]:
         ax.set_visible(False)
     return fig, axes.ravel()
 
 
 def plot_table(rows: list[dict], n_proteins: int):
-    fig, ax = plt.subplots(figsize=(8, 0.22 * (len(rows) + 2)))
+    fig = Figure(figsize=(8, 0.22 * (len(rows) + 2)))
+    ax = fig.subplots()
     ax.axis("off")
     cells = [[f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in COLUMNS] for r in rows]
     table = ax.table(cellText=cells, colLabels=list(COLUMNS), loc="center", cellLoc="center")
@@ -71,9 +71,10 @@ def plot_table(rows: list[dict], n_proteins: int):
 
 def plot_stability(evals: list[dict], ablations: dict[str, list[dict]]):
     """CA+AA validity (solid) / CA validity (dashed) and CA RMSD to start vs rollout time, mean over proteins."""
-    fig, (ax_v, ax_r) = plt.subplots(1, 2, figsize=(9, 3.2))
+    fig = Figure(figsize=(9, 3.2))
+    ax_v, ax_r = fig.subplots(1, 2)
     series = [(k, mean_time_curves(evals, k, "--eval"), COLORS[k]) for k in ("model", "oracle", "reference")]
-    cmap = plt.get_cmap("copper")
+    cmap = matplotlib.colormaps["copper"]
     for i, (label, ab_evals) in enumerate(sorted(ablations.items())):
         series.append((f"model {label}", mean_time_curves(ab_evals, "model", f"--ablation {label}"),
                        cmap(0.2 + 0.6 * i / max(len(ablations) - 1, 1))))
@@ -103,7 +104,8 @@ def plot_rmsf(evals: list[dict]):
 
 def plot_pca_density(evals: list[dict]):
     keys = ("reference", "model", "oracle")
-    fig, axes = plt.subplots(len(evals), 3, figsize=(8.4, 2.6 * len(evals)), squeeze=False)
+    fig = Figure(figsize=(8.4, 2.6 * len(evals)))
+    axes = fig.subplots(len(evals), 3, squeeze=False)
     for row, e in zip(axes, evals):
         c = e["curves"]["pca"]
         extent = (c["x_edges"][0], c["x_edges"][-1], c["y_edges"][0], c["y_edges"][-1])
@@ -150,7 +152,8 @@ def read_training_metrics(path: Path) -> list[dict]:
 
 
 def plot_training(records: list[dict]):
-    fig, ax = plt.subplots(figsize=(5, 3.2))
+    fig = Figure(figsize=(5, 3.2))
+    ax = fig.subplots()
     for key, style in (("loss", "-"), ("val_loss", "o-")):
         pts = sorted((r["step"], r[key]) for r in records if r.get(key) is not None)
         if pts:
@@ -176,7 +179,8 @@ def read_kv_bench(path: Path) -> list[dict]:
 
 
 def plot_kv_bench(records: list[dict]):
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    fig = Figure(figsize=(5.5, 3.6))
+    ax = fig.subplots()
     groups: dict[tuple, list[tuple[float, float]]] = {}
     for rec in records:
         for key, value in rec.items():
@@ -185,7 +189,7 @@ def plot_kv_bench(records: list[dict]):
                 groups.setdefault(label, []).append((rec["n_frames"], value))
     for (field, kind, n_res), pts in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
         style = "--" if kind == "analytic" else "o-"
-        ax.plot(*zip(*sorted(pts)), style, markersize=3, label=f"{field} {kind} N={n_res}".replace("  ", " "))
+        ax.plot(*zip(*sorted(pts)), style, markersize=3, label=" ".join(filter(None, (field, kind, f"N={n_res}"))))
     ax.set(xlabel="frames in context L", ylabel="cache size (bytes)", xscale="log", yscale="log")
     ax.legend(loc="best", fontsize=6)
     fig.tight_layout()
@@ -215,8 +219,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config-json", default="{}", help="JSON of the `evaluation` config section")
     args = parser.parse_args(argv)
     cfg = EvaluationConfig.from_json(args.config_json)
-    plt.rcParams.update(matplotlib.rcParamsDefault)
-    plt.rcParams.update(RC)
 
     evals = sorted((load_eval(p) for p in args.eval), key=lambda e: e["name"])
     ablations = {}
@@ -224,27 +226,33 @@ def main(argv: list[str] | None = None) -> int:
         if len(item) < 2:
             parser.error(f"--ablation {item[0]!r}: give a label and at least one eval JSON")
         ablations[item[0]] = [load_eval(p) for p in item[1:]]
-    out = args.out_dir
-    out.mkdir(parents=True, exist_ok=True)
-    shown = evals[: cfg.figure_max_proteins]
+    with matplotlib.style.context(["default", RC]):  # matplotlib defaults + RC, whatever the user's matplotlibrc
+        write_figures(evals, ablations, args.metrics, args.kv_bench, args.out_dir, cfg.figure_max_proteins)
+    return 0
 
+
+def write_figures(evals: list[dict], ablations: dict[str, list[dict]], metrics: Path | None, kv_bench: Path | None,
+                  out: Path, max_proteins: int) -> None:
+    """Tables, figures and report.html into `out` (see main)."""
+    out.mkdir(parents=True, exist_ok=True)
+    shown = evals[:max_proteins]
     rows = summary_rows(evals)
-    (out / "metrics_table.md").write_text(rows_to_markdown(rows, len(evals)))
-    (out / "metrics_table.csv").write_text(rows_to_csv(rows))
+    for path, text in ((out / "metrics_table.md", rows_to_markdown(rows, len(evals))),
+                       (out / "metrics_table.csv", rows_to_csv(rows))):
+        with atomic_path(path) as tmp:
+            tmp.write_text(text)
     figures = [(save(plot_table(rows, len(evals)), out, "metrics_table"), CAPTIONS["metrics_table"]),
                (save(plot_stability(evals, ablations), out, "stability"), CAPTIONS["stability"]),
                (save(plot_rmsf(shown), out, "rmsf"), CAPTIONS["rmsf"]),
                (save(plot_pca_density(shown), out, "pca_density"), CAPTIONS["pca_density"]),
                (save(plot_autocorrelation(shown), out, "autocorrelation"), CAPTIONS["autocorrelation"])]
     notes = []
-    if args.metrics is not None:
-        figures.append((save(plot_training(read_training_metrics(args.metrics)), out, "training"),
-                        CAPTIONS["training"]))
-    if args.kv_bench is not None and args.kv_bench.exists():
-        figures.append((save(plot_kv_bench(read_kv_bench(args.kv_bench)), out, "kv_cache_memory"),
+    if metrics is not None:
+        figures.append((save(plot_training(read_training_metrics(metrics)), out, "training"), CAPTIONS["training"]))
+    if kv_bench is not None and kv_bench.exists():
+        figures.append((save(plot_kv_bench(read_kv_bench(kv_bench)), out, "kv_cache_memory"),
                         CAPTIONS["kv_cache_memory"]))
-    elif args.kv_bench is not None:
-        notes.append(f"KV-cache benchmark {args.kv_bench} not found: memory figure skipped.")
+    elif kv_bench is not None:
+        notes.append(f"KV-cache benchmark {kv_bench} not found: memory figure skipped.")
         log.warning(notes[-1])
     write_html(out / "report.html", rows, len(evals), figures, notes)
-    return 0
