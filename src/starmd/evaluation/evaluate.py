@@ -85,8 +85,8 @@ class _ReferenceStats:
         self.start_ca = start_ca
         self.ca = reference.pooled_ca
         self.pairs = M.distance_pairs(self.ca.shape[1], cfg.min_sequence_separation, cfg.max_distance_pairs)
-        if not len(self.pairs):
-            raise ValueError(f"protein has {self.ca.shape[1]} residues: no CA pairs with |i-j| >= "
+        if len(self.pairs) < 2:  # 2-D TICA needs at least two distance features
+            raise ValueError(f"protein has {self.ca.shape[1]} residues: fewer than 2 CA pairs with |i-j| >= "
                              f"{cfg.min_sequence_separation}")
         self.pwd = M.pair_distances(self.ca, self.pairs)
         self.rg = M.radius_of_gyration(self.ca)
