@@ -28,6 +28,10 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterato
                                dir=target.parent)
     os.close(fd)
     work = Path(tmp)
+    # mkstemp creates 0600; give the output the permissions any other file written here would get.
+    umask = os.umask(0)
+    os.umask(umask)
+    work.chmod(0o666 & ~umask)
     try:
         yield work
         os.replace(work, target)
