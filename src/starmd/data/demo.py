@@ -9,6 +9,8 @@ alpha-helix so the helix-forming demo peptides start structured and fray/refold 
 OXT, checked complete by pdbfixer, protonated by OpenMM's Modeller (pH from config), then minimised once; the
 replicas start from that minimised structure with their own velocity and Langevin seeds, as ATLAS's replicas share
 a start structure. The thread count is a CLI flag (`--threads`, Snakemake's `{threads}`), not science config.
+Same config and seeds give bit-identical files with `--threads 1`; with more threads the start structure is still
+identical but the CPU platform's summation order makes trajectories differ (statistically equivalent).
 """
 
 from __future__ import annotations
@@ -154,6 +156,19 @@ def _simulation(topology, system, cfg: DemoConfig, seed: int, threads: int):
     return app.Simulation(topology, system, integrator, platform, {"Threads": str(threads)})
 
 
+def minimise(topology, system, positions, max_iterations: int):
+    """Energy-minimised positions, on the Reference platform: the CPU platform's threaded sums would make the start
+    structure (and so every replica) depend on the thread count; for a peptide this costs seconds."""
+    import openmm
+    from openmm import app
+
+    sim = app.Simulation(topology, system, openmm.VerletIntegrator(0.001),
+                         openmm.Platform.getPlatformByName("Reference"))
+    sim.context.setPositions(positions)
+    sim.minimizeEnergy(maxIterations=max_iterations)
+    return sim.context.getState(getPositions=True).getPositions(asNumpy=True)
+
+
 def run_replica(topology, system, start_positions, cfg: DemoConfig, seed: int, threads: int,
                 label: str) -> tuple[np.ndarray, dict]:
     """Equilibrate then run production from the minimised start; returns xyz [T, n_atoms, 3] in nm and timings."""
@@ -219,10 +234,7 @@ def prepare_demo(name: str, out_dir: str | os.PathLike, cfg: DemoConfig, threads
                                                 cfg.replica_seeds[0])
     system = forcefield.createSystem(topology, nonbondedMethod=app.NoCutoff, constraints=app.HBonds,
                                      hydrogenMass=cfg.hydrogen_mass_amu * unit.amu)
-    minimiser = _simulation(topology, system, cfg, cfg.replica_seeds[0], threads)
-    minimiser.context.setPositions(positions)
-    minimiser.minimizeEnergy(maxIterations=cfg.minimize_max_iterations)
-    start_positions = minimiser.context.getState(getPositions=True).getPositions(asNumpy=True)
+    start_positions = minimise(topology, system, positions, cfg.minimize_max_iterations)
     md_top = md.Topology.from_openmm(topology)
     start = md.Trajectory(start_positions.value_in_unit(unit.nanometer)[None].astype(np.float32), md_top)
     fit_atoms = md_top.select("backbone")
