@@ -44,12 +44,13 @@ def model_dims(settings: dict) -> dict:
 def allocate_pair_cache(dims: dict, n_res: int, n_frames: int, dtype: torch.dtype) -> dict:
     """A real pair cache: per frame and block one zero-filled [N, N, c_z] tensor, grown frame by frame as a
     rollout would. Returns the summed storage bytes and the resident-memory increase it caused."""
-    reset_peak_rss()
+    reset = reset_peak_rss()
     before = rss_bytes()
     held: list[torch.Tensor] = []
     for _ in range(n_frames):
         held.extend(torch.zeros(n_res, n_res, dims["c_z"], dtype=dtype) for _ in range(dims["n_blocks"]))
-    out = {"bytes": sum(t.untyped_storage().nbytes() for t in held), "rss_increase_bytes": rss_bytes("VmHWM") - before}
+    out = {"bytes": sum(t.untyped_storage().nbytes() for t in held),
+           "rss_increase_bytes": rss_bytes("VmHWM") - before if reset else None}
     del held
     return out
 
@@ -113,35 +114,35 @@ def exponents(rows: list[dict], key: str) -> dict:
 
 
 def plot(measured: list[dict], grid: list[dict], dims: dict, dtype_name: str, path: Path) -> None:
+    """Bytes vs L, one colour per N: formula lines (solid singles, dashed pairs), measured markers on them."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
     all_n = sorted({r["n_res"] for r in grid} | {r["n_res"] for r in measured})
-    colours = dict(zip(all_n, plt.cm.viridis([i / max(len(all_n) - 1, 1) for i in range(len(all_n))])))
-    for n_res in sorted({r["n_res"] for r in grid}):
-        pts = sorted((r["n_frames"], r["singles_bytes"], r["pairs_bytes"]) for r in grid if r["n_res"] == n_res)
-        ls, s, p = zip(*pts)
-        ax.plot(ls, s, "-", color=colours[n_res], label=f"singles N={n_res}")
-        ax.plot(ls, p, "--", color=colours[n_res], label=f"pairs N={n_res}")
-        alloc = [(r["n_frames"], r["pairs_allocated_bytes"]) for r in grid
-                 if r["n_res"] == n_res and r["pairs_allocated_bytes"]]
-        if alloc:
-            ax.plot(*zip(*alloc), "s", mfc="none", color=colours[n_res])
-    for n_res in sorted({r["n_res"] for r in measured}):
-        pts = sorted((r["n_frames"], r["singles_bytes"], r["pairs_bytes"]) for r in measured if r["n_res"] == n_res)
-        ls, s, p = zip(*pts)
-        ax.plot(ls, s, "o", color=colours[n_res], label=f"measured N={n_res}")
-        ax.plot(ls, p, "s", mfc="none", color=colours[n_res])
-    ax.set(xscale="log", yscale="log", xlabel="frames in context L", ylabel="cache bytes (all blocks)",
-           title=f"KV cache: singles (solid) vs pairs (dashed), {dims['n_blocks']} blocks, H x C = "
-                 f"{dims['n_heads']}x{dims['c_hidden']}, c_z {dims['c_z']}")
-    ax.title.set_fontsize(8)
-    ax.text(0.01, 0.99, f"lines: formula ({dtype_name}); o: model cache measured (fp32 CPU);\n"
-                        "squares: pair cache allocated for real", transform=ax.transAxes, va="top", fontsize=7)
-    ax.legend(fontsize=6, ncol=2, loc="lower right")
+    colours = dict(zip(all_n, plt.cm.tab10.colors))
+    series = [(grid, "singles_bytes", "pairs_bytes", "pairs_allocated_bytes"),
+              (measured, "singles_formula_bytes", "pairs_formula_bytes", "pairs_bytes")]
+    for rows, singles_key, pairs_key, real_pairs_key in series:
+        for n_res in sorted({r["n_res"] for r in rows}):
+            pts = sorted((r for r in rows if r["n_res"] == n_res), key=lambda r: r["n_frames"])
+            ls = [r["n_frames"] for r in pts]
+            ax.plot(ls, [r[singles_key] for r in pts], "-", color=colours[n_res], label=f"N={n_res}")
+            ax.plot(ls, [r[pairs_key] for r in pts], "--", color=colours[n_res])
+            real = [(r["n_frames"], r[real_pairs_key]) for r in pts if r[real_pairs_key]]
+            if real:
+                ax.plot(*zip(*real), "s", mfc="none", color=colours[n_res])
+            if rows is measured:
+                ax.plot(ls, [r["singles_bytes"] for r in pts], "o", color=colours[n_res])
+    ax.set(xscale="log", yscale="log", xlabel="frames in context L", ylabel="cache bytes (all blocks, B = 1)")
+    ax.set_title(f"singles KV cache (solid) vs per-frame pair cache (dashed); {dims['n_blocks']} blocks, "
+                 f"H x C = {dims['n_heads']} x {dims['c_hidden']}, c_z = {dims['c_z']}", fontsize=8)
+    ax.text(0.01, 0.99, f"lines: formula (grid N: {dtype_name}; small N: dtype as measured)\n"
+                        "o: real model cache (StarMD.append, fp32 CPU); squares: pair cache allocated for real",
+            transform=ax.transAxes, va="top", fontsize=7)
+    ax.legend(fontsize=7, loc="lower right", title="colour", title_fontsize=7)
     fig.tight_layout()
     save_figure(fig, path)
 

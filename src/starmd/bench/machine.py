@@ -62,11 +62,16 @@ def release_freed_memory() -> None:
         ctypes.CDLL(libc).malloc_trim(0)
 
 
-def reset_peak_rss() -> None:
+def reset_peak_rss() -> bool:
     """Release freed memory, then reset the kernel's high-water mark of resident memory (Linux >= 4.0: write 5 to
-    /proc/self/clear_refs), so VmHWM afterwards is the peak of what follows."""
+    /proc/self/clear_refs), so VmHWM afterwards is the peak of what follows. False where the kernel refuses (some
+    sandboxes): VmHWM is then the peak since the process started."""
     release_freed_memory()
-    _CLEAR_REFS.write_text("5")
+    try:
+        _CLEAR_REFS.write_text("5")
+    except OSError:
+        return False
+    return True
 
 
 def rss_bytes(field: str = "VmRSS") -> int:

@@ -25,22 +25,24 @@ from starmd.training.optim import build_optimizer
 
 @contextlib.contextmanager
 def peak_rss(out: dict) -> Iterator[None]:
-    """Record the resident memory before the block and its peak during it (bytes) into `out`."""
-    reset_peak_rss()
+    """Record the resident memory before the block and its peak during it (bytes) into `out`; the increase is None
+    where the high-water mark could not be reset (it would include everything before the block)."""
+    reset = reset_peak_rss()
     out["rss_before_bytes"] = rss_bytes()
     yield
     out["peak_rss_bytes"] = rss_bytes("VmHWM")
-    out["peak_rss_increase_bytes"] = out["peak_rss_bytes"] - out["rss_before_bytes"]
+    out["peak_rss_increase_bytes"] = out["peak_rss_bytes"] - out["rss_before_bytes"] if reset else None
 
 
 # --- rollout -----------------------------------------------------------------------------------------------------
 def timed_rollout(model_kwargs: dict, feature_dims: dict, n_res: int, n_frames: int, steps: int, seed: int,
                   threads: int, delta_t_ps: float = 100.0, use_cache: bool = True, device: str = "cpu",
-                  start_frames=None) -> dict:
+                  start_frames=None, bf16: bool = False) -> dict:
     """A real autoregressive rollout (starmd.rollout.sampler) of a random-init model on a synthetic protein.
 
     Returns per-frame wall times (s; frame l's time covers its `steps` denoising evaluations and the cache append of
     the frame before it), the peak singles-cache bytes and the process's peak resident memory during the rollout.
+    bf16 autocasts the network on CUDA, as `rollout.bf16` does.
     """
     torch.set_num_threads(threads)
     dev = torch.device(device)
@@ -58,7 +60,7 @@ def timed_rollout(model_kwargs: dict, feature_dims: dict, n_res: int, n_frames: 
         generator = torch.Generator(device=dev).manual_seed(seed)
         _sync(dev)
         tic = time.perf_counter()
-        for _ in iter_frames(context, diffuser, start.unsqueeze(0), cfg, generator):
+        for _ in iter_frames(context, diffuser, start.unsqueeze(0), cfg, generator, lambda: _autocast(dev, bf16)):
             _sync(dev)
             toc = time.perf_counter()
             frame_s.append(toc - tic)
@@ -68,6 +70,10 @@ def timed_rollout(model_kwargs: dict, feature_dims: dict, n_res: int, n_frames: 
     if dev.type == "cuda":
         out["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated(dev)
     return out
+
+
+def _autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
+    return torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and device.type == "cuda" else contextlib.nullcontext()
 
 
 def _sync(device: torch.device) -> None:
@@ -91,10 +97,10 @@ def synthetic_batch(n_res: int, n_frames: int, batch_size: int, feature_dims: di
 
 
 def timed_training(model_kwargs: dict, feature_dims: dict, n_res: int, n_frames: int, batch_size: int,
-                   timed_steps: int, seed: int, threads: int, device: str = "cpu") -> dict:
+                   timed_steps: int, seed: int, threads: int, device: str = "cpu", bf16: bool = False) -> dict:
     """One warm-up and `timed_steps` real optimizer steps (starmd.training.losses.compute_loss, AdamW, clipping) of
     one block-causal pass over L context + L target frames. Tokens = target (residue, frame) pairs, as the training
-    loop counts them. Peak resident memory covers the timed steps."""
+    loop counts them. Peak resident memory covers the timed steps; bf16 autocasts on CUDA, as `training.bf16` does."""
     torch.set_num_threads(threads)
     dev = torch.device(device)
     gen = torch.Generator().manual_seed(seed)
@@ -107,7 +113,8 @@ def timed_training(model_kwargs: dict, feature_dims: dict, n_res: int, n_frames:
     def step() -> float:
         _sync(dev)
         tic = time.perf_counter()
-        loss = compute_loss(model, diffuser, batch, cfg)["loss"]
+        with _autocast(dev, bf16):
+            loss = compute_loss(model, diffuser, batch, cfg)["loss"]
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()

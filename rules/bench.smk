@@ -1,0 +1,126 @@
+# Benchmarks (issue 9): KV-cache memory, training throughput, rollout speed vs OpenMM, sampling steps vs quality.
+# Each rule runs one script of benchmarks/ and writes benchmarks/results/<name>.json (machine description, exact
+# command, settings, numbers) and <name>.png. Settings: config section `benchmarks` (schemas/benchmarks.schema.yaml);
+# each rule passes the shared keys plus its own sub-section, so changing one benchmark's settings reruns only it.
+# Self-contained: it relies on config keys and the bench_* helpers below only.
+
+import json
+
+
+def bench_settings():
+    return config.get("benchmarks", {})
+
+
+def bench_section_json(name):
+    """Shared benchmark keys + the `name` sub-section, as JSON (the script fills schema defaults for the rest)."""
+    s = bench_settings()
+    shared = {k: s[k] for k in ("threads", "seed", "feature_dims", "demo_model", "paper_model") if k in s}
+    return json.dumps({**shared, name: s.get(name, {})}, sort_keys=True)
+
+
+def bench_threads():
+    return bench_settings().get("threads", 2)
+
+
+def bench_demo_json():
+    return json.dumps(config.get("demo", {}), sort_keys=True)
+
+
+def bench_quality_protein():
+    """benchmarks.sampling_steps.protein, else the first demo protein with split: test."""
+    name = bench_settings().get("sampling_steps", {}).get("protein")
+    if name:
+        return name
+    tests = [p["name"] for p in config.get("demo", {}).get("proteins", []) if p.get("split") == "test"]
+    if not tests:
+        raise ValueError("bench_sampling_steps: set benchmarks.sampling_steps.protein or give a demo.proteins "
+                         "entry with split: test")
+    return tests[0]
+
+
+def bench_quality_inputs():
+    name = bench_quality_protein()
+    return {
+        "checkpoint": f"runs/{config['run']}/checkpoints/final.pt",
+        "features": f"data/features/{config['features']['featurizer']}/{name}.h5",
+        "frames": f"data/frames/{name}.h5",
+    }
+
+
+BENCH_NAMES = ["kv_cache_memory", "training_throughput", "rollout_speed", "sampling_steps"]
+
+
+def bench_targets():
+    return expand("benchmarks/results/{bench}.{ext}", bench=BENCH_NAMES, ext=["json", "png"])
+
+
+rule bench_kv_cache:
+    """Singles KV cache (measured on a real paper-scale model) vs per-frame pair cache (allocated up to a budget,
+    formula beyond) over N and L; exponents; N=500/L=400 ratio; peak process memory of real rollouts vs L."""
+    output:
+        json="benchmarks/results/kv_cache_memory.json",
+        png="benchmarks/results/kv_cache_memory.png",
+    log:
+        "logs/bench/kv_cache_memory.log",
+    params:
+        settings=bench_section_json("kv_cache"),
+    threads: bench_threads()
+    shell:
+        "python benchmarks/kv_cache.py --config-json {params.settings:q} --out-json {output.json} "
+        "--out-png {output.png} > {log} 2>&1"
+
+
+rule bench_training:
+    """Tokens/s and frames/s of block-causal training steps, demo vs paper scale; peak memory vs L."""
+    output:
+        json="benchmarks/results/training_throughput.json",
+        png="benchmarks/results/training_throughput.png",
+    log:
+        "logs/bench/training_throughput.log",
+    params:
+        settings=bench_section_json("training"),
+    threads: bench_threads()
+    shell:
+        "python benchmarks/training.py --config-json {params.settings:q} --out-json {output.json} "
+        "--out-png {output.png} > {log} 2>&1"
+
+
+rule bench_rollout_speed:
+    """Simulated ns/day of starmd rollout (demo and paper scale, several step counts) vs OpenMM on each demo protein,
+    same threads, one run; per-frame time vs context length with and without the KV cache."""
+    output:
+        json="benchmarks/results/rollout_speed.json",
+        png="benchmarks/results/rollout_speed.png",
+    log:
+        "logs/bench/rollout_speed.log",
+    params:
+        settings=bench_section_json("rollout_speed"),
+        demo=bench_demo_json(),
+    threads: bench_threads()
+    shell:
+        "python benchmarks/rollout_speed.py --config-json {params.settings:q} --demo-json {params.demo:q} "
+        "--out-json {output.json} --out-png {output.png} > {log} 2>&1"
+
+
+rule bench_sampling_steps:
+    """Reverse-step count vs CA validity, JSD and wall time on the trained checkpoint; recommends a step count."""
+    input:
+        **bench_quality_inputs(),
+    output:
+        json="benchmarks/results/sampling_steps.json",
+        png="benchmarks/results/sampling_steps.png",
+    log:
+        "logs/bench/sampling_steps.log",
+    params:
+        settings=bench_section_json("sampling_steps"),
+    threads: bench_threads()
+    shell:
+        "python benchmarks/sampling_steps.py --config-json {params.settings:q} --checkpoint {input.checkpoint} "
+        "--features {input.features} --frames {input.frames} --out-json {output.json} --out-png {output.png} "
+        "> {log} 2>&1"
+
+
+rule bench:
+    """All benchmarks (JSON + plot each)."""
+    input:
+        bench_targets(),
