@@ -2,7 +2,8 @@
 # Each rule runs one script of benchmarks/ and writes benchmarks/results/<name>.json (machine description, exact
 # command, settings, numbers) and <name>.png. Settings: config section `benchmarks` (schemas/benchmarks.schema.yaml);
 # each rule passes the shared keys plus its own sub-section, so changing one benchmark's settings reruns only it.
-# Self-contained: it relies on config keys and the bench_* helpers below only.
+# Each job claims every core (threads: workflow.cores) so no other job runs beside a timing; the scripts themselves
+# use benchmarks.threads. Self-contained: it relies on config keys and the bench_* helpers below only.
 
 import json
 
@@ -16,10 +17,6 @@ def bench_section_json(name):
     s = bench_settings()
     shared = {k: s[k] for k in ("threads", "seed", "feature_dims", "demo_model", "paper_model") if k in s}
     return json.dumps({**shared, name: s.get(name, {})}, sort_keys=True)
-
-
-def bench_threads():
-    return bench_settings().get("threads", 2)
 
 
 def bench_demo_json():
@@ -64,7 +61,7 @@ rule bench_kv_cache:
         "logs/bench/kv_cache_memory.log",
     params:
         settings=bench_section_json("kv_cache"),
-    threads: bench_threads()
+    threads: workflow.cores
     shell:
         "python benchmarks/kv_cache.py --config-json {params.settings:q} --out-json {output.json} "
         "--out-png {output.png} > {log} 2>&1"
@@ -79,7 +76,7 @@ rule bench_training:
         "logs/bench/training_throughput.log",
     params:
         settings=bench_section_json("training"),
-    threads: bench_threads()
+    threads: workflow.cores
     shell:
         "python benchmarks/training.py --config-json {params.settings:q} --out-json {output.json} "
         "--out-png {output.png} > {log} 2>&1"
@@ -96,7 +93,7 @@ rule bench_rollout_speed:
     params:
         settings=bench_section_json("rollout_speed"),
         demo=bench_demo_json(),
-    threads: bench_threads()
+    threads: workflow.cores
     shell:
         "python benchmarks/rollout_speed.py --config-json {params.settings:q} --demo-json {params.demo:q} "
         "--out-json {output.json} --out-png {output.png} > {log} 2>&1"
@@ -113,7 +110,7 @@ rule bench_sampling_steps:
         "logs/bench/sampling_steps.log",
     params:
         settings=bench_section_json("sampling_steps"),
-    threads: bench_threads()
+    threads: workflow.cores
     shell:
         "python benchmarks/sampling_steps.py --config-json {params.settings:q} --checkpoint {input.checkpoint} "
         "--features {input.features} --frames {input.frames} --out-json {output.json} --out-png {output.png} "
