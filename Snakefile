@@ -14,6 +14,10 @@ configfile: "config.yaml"
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/features.smk"
+include: "rules/train.smk"
+include: "rules/rollout.smk"
+include: "rules/evaluate.smk"
+include: "rules/bench.smk"
 
 
 rule all:

@@ -25,6 +25,7 @@ def section_json(*names):
 wildcard_constraints:
     name=r"[A-Za-z0-9]+_[A-Za-z0-9]+",
     replica=r"R[123]",
+    tau=r"[0-9.e-]+",
 
 
 # --- proteins ---------------------------------------------------------------------------------------------------
@@ -65,6 +66,58 @@ def demo_json_arg(wildcards):
     return f"--demo-json {shlex.quote(section_json('demo'))}" if DATASET == "demo" else ""
 
 
+def raw_dir(wildcards):
+    return f"{RAW}/{wildcards.name}"
+
+
+def split_files(kind, split):
+    """Frames or features HDF5 of every protein in a split (the training inputs)."""
+    pattern = "data/frames/{name}.h5" if kind == "frames" else f"data/features/{FEATURIZER}/{{name}}.h5"
+    return expand(pattern, name=SPLITS[split])
+
+
+# --- rollout, ablation and figures ------------------------------------------------------------------------------
+def rollout_xtcs(folder, n_samples):
+    """One XTC per sampled trajectory beside the rollout HDF5 ({name} stays a wildcard)."""
+    return [f"{folder}/{{name}}_s{k}.xtc" for k in range(n_samples)]
+
+
+def _check_ablation_horizon():
+    window = config["training"]["num_frames"]
+    if config["ablation"]["n_frames"] < 10 * window:
+        raise ValueError(
+            f"config ablation.n_frames={config['ablation']['n_frames']} must be at least 10 x training.num_frames "
+            f"({10 * window}): the ablation is about long horizons"
+        )
+
+
+_check_ablation_horizon()
+ABLATION_TAUS = [f"{t:g}" for t in config["ablation"]["taus"]]
+
+
+def ablation_rollout_json(wildcards):
+    """The rollout section with this ablation point's tau, horizon and sample count."""
+    cfg = dict(config["rollout"], tau=float(wildcards.tau), n_frames=config["ablation"]["n_frames"],
+               n_samples=config["ablation"]["n_samples"])
+    return json.dumps(cfg, sort_keys=True)
+
+
+def ablation_evals():
+    return expand(f"runs/{RUN}/ablation/tau{{tau}}/eval/{{name}}.json", tau=ABLATION_TAUS, name=TEST_PROTEINS)
+
+
+def ablation_args():
+    """`--ablation 'tau=0.05' a.json b.json ...` once per tau, for the stability figure."""
+    return " ".join(
+        f"--ablation {shlex.quote('tau=' + tau)} "
+        + " ".join(f"runs/{RUN}/ablation/tau{tau}/eval/{n}.json" for n in TEST_PROTEINS)
+        for tau in ABLATION_TAUS
+    )
+
+
+FIGURES = ["metrics_table", "stability", "rmsf", "pca_density", "autocorrelation", "training", "kv_cache_memory"]
+
+
 # --- targets ----------------------------------------------------------------------------------------------------
 def data_targets():
     return (
@@ -75,4 +128,4 @@ def data_targets():
 
 
 def all_targets():
-    return data_targets()
+    return data_targets() + [f"runs/{RUN}/figures/report.html"]

@@ -18,7 +18,7 @@ rule prepare_demo:
         out_dir="data/raw/demo/{name}",
     threads: 1
     shell:
-        "python -m starmd prepare-demo --name {wildcards.name} --out-dir {params.out_dir} "
+        "python -m starmd prepare-demo --name {wildcards.name} --out-dir {params.out_dir} --threads {threads} "
         "--config-json {params.cfg:q} > {log} 2>&1"
 
 

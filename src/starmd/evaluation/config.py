@@ -1,4 +1,4 @@
-"""The `evaluation` config section: every threshold, bin count and sample cap of docs/metrics.md in one place.
+"""The `evaluation` config section: every threshold, bin count and sample cap of README.md (Metrics) in one place.
 
 Field names are the config keys (schemas/evaluation.schema.yaml); `from_json` rejects unknown keys so a misspelt
 threshold is an error naming the key, not a silently used default.

@@ -185,7 +185,7 @@ def _separation_flags(values: dict[str, float], higher_is_better: bool, margin: 
 
 
 def evaluate_protein(name: str, rollout: Rollout, reference: Reference, cfg: EvaluationConfig) -> dict:
-    """All metrics and curves of one protein as a JSON-ready dict (docs/metrics.md describes every entry)."""
+    """All metrics and curves of one protein as a JSON-ready dict (README.md (Metrics) describes every entry)."""
     if rollout.sequence != reference.sequence:
         raise ValueError(f"{name}: rollout sequence {rollout.sequence!r} differs from frames sequence "
                          f"{reference.sequence!r}")

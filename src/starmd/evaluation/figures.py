@@ -197,7 +197,7 @@ def plot_kv_bench(records: list[dict]):
 
 
 CAPTIONS = {
-    "metrics_table": "Metrics per ensemble, median over proteins (docs/metrics.md defines each).",
+    "metrics_table": "Metrics per ensemble, median over proteins (README.md (Metrics) defines each).",
     "stability": "Validity (solid: CA+AA, dashed: CA) and CA RMSD to the start structure vs rollout time, mean over "
                  "proteins; ablation settings in copper shades.",
     "rmsf": "Per-residue CA RMSF of the generated ensemble vs the reference replica and the oracle replica.",

@@ -1,5 +1,5 @@
 """Pure metric functions on CA coordinates [F, N, 3] and backbone coordinates [F, N, 4, 3] (atom order N, CA, C, O),
-all in Angstrom. Definitions, thresholds and their sources are in docs/metrics.md; nothing here reads files.
+all in Angstrom. Definitions, thresholds and their sources are in README.md (Metrics); nothing here reads files.
 
 mdtraj does superposition, RMSD, RMSF and radius of gyration; deeptime does TICA; scipy does the Jensen-Shannon
 distance, KD-tree contact search, the optimal assignment behind W2 and Pearson r. Trajectories are handed to mdtraj
@@ -105,7 +105,7 @@ def backbone_valid(backbone: np.ndarray, peptide_bond_max_A: float = 1.5, clash_
 
 def ca_aa_valid(backbone: np.ndarray, ca_clash_A: float = 3.0, ca_break_A: float = 4.2,
                 peptide_bond_max_A: float = 1.5, backbone_clash_A: float = 2.5) -> np.ndarray:
-    """[F] bool, our "CA+AA" validity: CA-valid (on the backbone's CA) AND backbone-valid (docs/metrics.md)."""
+    """[F] bool, our "CA+AA" validity: CA-valid (on the backbone's CA) AND backbone-valid (README.md (Metrics))."""
     return (ca_valid(backbone[:, :, 1], ca_clash_A, ca_break_A)
             & backbone_valid(backbone, peptide_bond_max_A, backbone_clash_A))
 

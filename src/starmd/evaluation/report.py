@@ -22,7 +22,7 @@ def write_html(path: Path, rows: list[dict], n_proteins: int, figures: list[tupl
         "td,th{border:1px solid #999;padding:2px 6px;text-align:right}figure{margin:1.5em 0}"
         "img{max-width:100%}</style></head><body>",
         "<h1>starmd evaluation report</h1>",
-        f"<p>Median over {n_proteins} protein(s); definitions in docs/metrics.md. <em>oracle_not_separated</em> "
+        f"<p>Median over {n_proteins} protein(s); definitions in README.md (Metrics). <em>oracle_not_separated</em> "
         "counts proteins where the MD oracle does not beat that trivial baseline.</p>",
         f"<table id=\"metrics\"><thead><tr>{head}</tr></thead><tbody>\n{body}</tbody></table>",
     ]

@@ -1,0 +1,40 @@
+# Autoregressive rollout of the test proteins from the trained checkpoint (singles-only KV cache, contextual
+# noise), and the contextual-noise ablation: the same proteins over a long horizon at several inference tau.
+
+
+rule rollout:
+    input:
+        ckpt=f"runs/{RUN}/checkpoints/final.pt",
+        features=f"data/features/{FEATURIZER}/{{name}}.h5",
+        frames="data/frames/{name}.h5",
+    output:
+        h5=f"runs/{RUN}/rollouts/{{name}}.h5",
+        pdb=f"runs/{RUN}/rollouts/{{name}}.pdb",
+        xtc=rollout_xtcs(f"runs/{RUN}/rollouts", config["rollout"]["n_samples"]),
+    log:
+        f"logs/{RUN}/rollout/{{name}}.log",
+    benchmark:
+        f"benchmarks/rules/{RUN}/rollout/{{name}}.tsv"
+    conda:
+        "../envs/starmd.yaml"
+    params:
+        cfg=section_json("rollout"),
+    resources:
+        gpu=1,
+        tasks=1,
+    shell:
+        "python -m starmd rollout --checkpoint {input.ckpt} --features {input.features} --frames {input.frames} "
+        "--out {output.h5} --config-json {params.cfg:q} > {log} 2>&1"
+
+
+use rule rollout as rollout_ablation with:
+    output:
+        h5=f"runs/{RUN}/ablation/tau{{tau}}/rollouts/{{name}}.h5",
+        pdb=f"runs/{RUN}/ablation/tau{{tau}}/rollouts/{{name}}.pdb",
+        xtc=rollout_xtcs(f"runs/{RUN}/ablation/tau{{tau}}/rollouts", config["ablation"]["n_samples"]),
+    log:
+        f"logs/{RUN}/ablation/tau{{tau}}/rollout/{{name}}.log",
+    benchmark:
+        f"benchmarks/rules/{RUN}/ablation/tau{{tau}}/rollout/{{name}}.tsv"
+    params:
+        cfg=ablation_rollout_json,
