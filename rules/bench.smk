@@ -44,6 +44,9 @@ def bench_quality_inputs():
     }
 
 
+# The script and the schema (whose defaults fill every key the config leaves out) are inputs, so editing either
+# reruns the benchmark.
+BENCH_SCHEMA = "schemas/benchmarks.schema.yaml"
 BENCH_NAMES = ["kv_cache_memory", "training_throughput", "rollout_speed", "sampling_steps"]
 
 
@@ -54,6 +57,9 @@ def bench_targets():
 rule bench_kv_cache:
     """Singles KV cache (measured on a real paper-scale model) vs per-frame pair cache (allocated up to a budget,
     formula beyond) over N and L; exponents; N=500/L=400 ratio; peak process memory of real rollouts vs L."""
+    input:
+        script="benchmarks/kv_cache.py",
+        schema=BENCH_SCHEMA,
     output:
         json="benchmarks/results/kv_cache_memory.json",
         png="benchmarks/results/kv_cache_memory.png",
@@ -63,12 +69,15 @@ rule bench_kv_cache:
         settings=bench_section_json("kv_cache"),
     threads: workflow.cores
     shell:
-        "python benchmarks/kv_cache.py --config-json {params.settings:q} --out-json {output.json} "
+        "python {input.script} --config-json {params.settings:q} --out-json {output.json} "
         "--out-png {output.png} > {log} 2>&1"
 
 
 rule bench_training:
     """Tokens/s and frames/s of block-causal training steps, demo vs paper scale; peak memory vs L."""
+    input:
+        script="benchmarks/training.py",
+        schema=BENCH_SCHEMA,
     output:
         json="benchmarks/results/training_throughput.json",
         png="benchmarks/results/training_throughput.png",
@@ -78,13 +87,16 @@ rule bench_training:
         settings=bench_section_json("training"),
     threads: workflow.cores
     shell:
-        "python benchmarks/training.py --config-json {params.settings:q} --out-json {output.json} "
+        "python {input.script} --config-json {params.settings:q} --out-json {output.json} "
         "--out-png {output.png} > {log} 2>&1"
 
 
 rule bench_rollout_speed:
     """Simulated ns/day of starmd rollout (demo and paper scale, several step counts) vs OpenMM on each demo protein,
     same threads, one run; per-frame time vs context length with and without the KV cache."""
+    input:
+        script="benchmarks/rollout_speed.py",
+        schema=BENCH_SCHEMA,
     output:
         json="benchmarks/results/rollout_speed.json",
         png="benchmarks/results/rollout_speed.png",
@@ -95,7 +107,7 @@ rule bench_rollout_speed:
         demo=bench_demo_json(),
     threads: workflow.cores
     shell:
-        "python benchmarks/rollout_speed.py --config-json {params.settings:q} --demo-json {params.demo:q} "
+        "python {input.script} --config-json {params.settings:q} --demo-json {params.demo:q} "
         "--out-json {output.json} --out-png {output.png} > {log} 2>&1"
 
 
@@ -103,6 +115,8 @@ rule bench_sampling_steps:
     """Reverse-step count vs CA validity, JSD and wall time on the trained checkpoint; recommends a step count."""
     input:
         **bench_quality_inputs(),
+        script="benchmarks/sampling_steps.py",
+        schema=BENCH_SCHEMA,
     output:
         json="benchmarks/results/sampling_steps.json",
         png="benchmarks/results/sampling_steps.png",
@@ -112,7 +126,7 @@ rule bench_sampling_steps:
         settings=bench_section_json("sampling_steps"),
     threads: workflow.cores
     shell:
-        "python benchmarks/sampling_steps.py --config-json {params.settings:q} --checkpoint {input.checkpoint} "
+        "python {input.script} --config-json {params.settings:q} --checkpoint {input.checkpoint} "
         "--features {input.features} --frames {input.frames} --out-json {output.json} --out-png {output.png} "
         "> {log} 2>&1"
 
