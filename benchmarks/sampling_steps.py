@@ -3,7 +3,8 @@
 CA validity, Jensen-Shannon distance of CA pair distances and of the radius of gyration, and wall time.
 
 The recommended step count is the smallest whose CA validity is within `validity_tolerance` of the first (reference)
-count's and whose mean JSD is within `jsd_tolerance` of it.
+count's and whose mean JSD is within `jsd_tolerance` of it; none if the reference's own CA validity is below
+`min_reference_validity` (an undertrained model is "as good" at any step count).
 """
 
 from __future__ import annotations
@@ -48,15 +49,21 @@ def quality(generated: np.ndarray, reference: np.ndarray) -> dict:
     return out
 
 
-def recommend(rows: list[dict], validity_tol: float, jsd_tol: float) -> int:
-    """Smallest step count whose validity and mean JSD are within tolerance of the first row's (the reference)."""
+def recommend(rows: list[dict], validity_tol: float, jsd_tol: float, min_reference_validity: float = 0.0
+              ) -> int | None:
+    """Smallest step count whose validity and mean JSD are within tolerance of the first row's (the reference).
+
+    None when the reference itself has CA validity below `min_reference_validity`: "as good as 200 steps" means
+    nothing for a model whose 200-step frames are invalid (an undertrained checkpoint)."""
     ref = rows[0]
+    if ref["ca_validity"] < min_reference_validity:
+        return None
     ok = [r["steps"] for r in rows if r["ca_validity"] >= ref["ca_validity"] - validity_tol
           and r["jsd_mean"] <= ref["jsd_mean"] + jsd_tol]
     return min(ok)
 
 
-def plot(rows: list[dict], recommended: int, path: Path) -> None:
+def plot(rows: list[dict], recommended: int | None, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -67,7 +74,10 @@ def plot(rows: list[dict], recommended: int, path: Path) -> None:
     ax.plot(steps, [r["ca_validity"] for r in rows], "o-", label="CA validity")
     ax.plot(steps, [r["jsd_mean"] for r in rows], "s-", label="JSD (mean of pair distances, Rg)")
     ax.set(xscale="log", xlabel="reverse-diffusion steps per frame", ylabel="validity / JSD", ylim=(0, 1.05))
-    ax.axvline(recommended, color="grey", ls=":", label=f"recommended: {recommended}")
+    if recommended is not None:
+        ax.axvline(recommended, color="grey", ls=":", label=f"recommended: {recommended}")
+    else:
+        ax.set_title(f"no recommendation: {steps[0]}-step CA validity below the floor", fontsize=8)
     twin = ax.twinx()
     twin.plot(steps, [r["wall_s"] for r in rows], "^--", color="tab:red", label="wall time")
     twin.set(ylabel="rollout wall time (s)", yscale="log")
@@ -105,10 +115,15 @@ def main(argv: list[str] | None = None) -> int:
         ca = result.translations.double().numpy()  # [S, F, N, 3]
         rows.append({"steps": steps, "wall_s": result.wall_s, **quality(ca.reshape(-1, *ca.shape[2:]), reference)})
         log.info("%d steps: %s", steps, rows[-1])
-    recommended = recommend(rows, cfg["validity_tolerance"], cfg["jsd_tolerance"])
+    recommended = recommend(rows, cfg["validity_tolerance"], cfg["jsd_tolerance"], cfg["min_reference_validity"])
+    if recommended is None:
+        log.warning("%d-step CA validity %.3f < min_reference_validity %.3f: no step count recommended (checkpoint "
+                    "%s undertrained?)", rows[0]["steps"], rows[0]["ca_validity"], cfg["min_reference_validity"],
+                    args.checkpoint)
     results = {"rows": rows, "reference_steps": rows[0]["steps"], "recommended_steps": recommended,
                "criterion": f"smallest step count with CA validity >= reference - {cfg['validity_tolerance']} and "
-                            f"mean JSD <= reference + {cfg['jsd_tolerance']} (reference = {rows[0]['steps']} steps)",
+                            f"mean JSD <= reference + {cfg['jsd_tolerance']} (reference = {rows[0]['steps']} steps); "
+                            f"none if the reference's CA validity < {cfg['min_reference_validity']}",
                "checkpoint": str(args.checkpoint), "weights": weights, "features": str(args.features),
                "frames": str(args.frames), "protein": start.sequence}
     write_result(args.out_json, benchmark="sampling_steps", settings=settings, results=results, started=started)

@@ -29,13 +29,18 @@ def plot(memory: dict[str, list[dict]], throughput: dict[str, dict], path: Path)
 
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(9, 3.6))
     names = list(throughput)
-    ax0.bar(names, [throughput[n]["tokens_per_s"] for n in names], color=["tab:blue", "tab:orange"][:len(names)])
-    ax0.set(ylabel="tokens / s (target residue-frames)", yscale="log", title="training step throughput")
+    values = [throughput[n]["tokens_per_s"] for n in names]
+    bars = ax0.bar(names, values, color=["tab:blue", "tab:orange"][:len(names)])
+    ax0.bar_label(bars, [f"{v:.3g}" for v in values])
+    ax0.set(ylabel="tokens / s (target residue-frames)", title="training step throughput")
     for scale, rows in memory.items():
         ls = [r["n_frames"] for r in rows]
         ax1.plot(ls, [r["peak_rss_increase_bytes"] / 2**20 for r in rows], "o-", label=f"{scale} (RSS increase)")
     ax1.set(xlabel="frames per window L (2L in the pass)", ylabel="peak memory during steps (MiB)", xscale="log",
             yscale="log", title="peak memory vs L")
+    all_l = sorted({r["n_frames"] for rows in memory.values() for r in rows})
+    ax1.set_xticks(all_l, [str(l) for l in all_l])
+    ax1.minorticks_off()
     ax1.legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, path)

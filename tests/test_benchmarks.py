@@ -121,7 +121,8 @@ def test_sampling_steps_on_a_trained_checkpoint(tmp_path):
     assert train_main(["--frames", str(frames), "--features", str(features), "--run-dir", str(tmp_path / "run"),
                        "--config-json", json.dumps(config), "--device", "cpu"]) == 0
     settings = {"threads": 1, "sampling_steps": {"steps": [4, 2, 1], "n_frames": 2, "n_samples": 1,
-                                                 "delta_t_ps": 10.0, "jsd_tolerance": 1.0, "validity_tolerance": 1.0}}
+                                                 "delta_t_ps": 10.0, "jsd_tolerance": 1.0, "validity_tolerance": 1.0,
+                                                 "min_reference_validity": 0.0}}
     doc = run_bench("sampling_steps", tmp_path, settings, "--checkpoint",
                     str(tmp_path / "run" / "checkpoints" / "final.pt"), "--features", str(features),
                     "--frames", str(frames))
@@ -141,6 +142,7 @@ def test_recommend_picks_the_smallest_count_within_tolerance():
             {"steps": 20, "ca_validity": 0.80, "jsd_mean": 0.31}, {"steps": 10, "ca_validity": 0.9, "jsd_mean": 0.5}]
     assert module.recommend(rows, validity_tol=0.05, jsd_tol=0.05) == 50
     assert module.recommend(rows, validity_tol=0.2, jsd_tol=0.05) == 20
+    assert module.recommend(rows, validity_tol=0.05, jsd_tol=0.05, min_reference_validity=0.95) is None
 
 
 def test_settings_reject_unknown_keys_and_fill_defaults():
