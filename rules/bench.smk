@@ -7,6 +7,8 @@
 
 import json
 
+from starmd.bench.config import section_for
+
 
 def bench_settings():
     return config.get("benchmarks", {})
@@ -14,9 +16,7 @@ def bench_settings():
 
 def bench_section_json(name):
     """Shared benchmark keys + the `name` sub-section, as JSON (the script fills schema defaults for the rest)."""
-    s = bench_settings()
-    shared = {k: s[k] for k in ("threads", "seed", "feature_dims", "demo_model", "paper_model") if k in s}
-    return json.dumps({**shared, name: s.get(name, {})}, sort_keys=True)
+    return json.dumps(section_for(bench_settings(), name), sort_keys=True)
 
 
 def bench_demo_json():
