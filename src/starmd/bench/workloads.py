@@ -16,6 +16,7 @@ import torch
 from starmd.bench.machine import reset_peak_rss, rss_bytes
 from starmd.bench.synthetic import build_model, helix_frames, synthetic_features
 from starmd.diffusion import SE3Diffuser
+from starmd.geometry import Rigid
 from starmd.rollout.config import RolloutConfig
 from starmd.rollout.sampler import iter_frames, make_context
 from starmd.training.config import TrainingConfig
@@ -37,13 +38,16 @@ def peak_rss(out: dict) -> Iterator[None]:
 # --- rollout -----------------------------------------------------------------------------------------------------
 def timed_rollout(model_kwargs: dict, feature_dims: dict, n_res: int, n_frames: int, steps: int, seed: int,
                   threads: int, delta_t_ps: float = 100.0, use_cache: bool = True, device: str = "cpu",
-                  start_frames=None, bf16: bool = False) -> dict:
+                  start_frames: Rigid | None = None, bf16: bool = False) -> dict:
     """A real autoregressive rollout (starmd.rollout.sampler) of a random-init model on a synthetic protein.
 
     Returns per-frame wall times (s; frame l's time covers its `steps` denoising evaluations and the cache append of
     the frame before it), the peak singles-cache bytes and the process's peak resident memory during the rollout.
-    bf16 autocasts the network on CUDA, as `rollout.bf16` does.
+    start_frames: Rigid [N] (Angstrom) to start from, else an ideal helix. bf16 autocasts the network on CUDA, as
+    `rollout.bf16` does.
     """
+    if start_frames is not None and start_frames.shape != (n_res,):
+        raise ValueError(f"start_frames must be Rigid [N] = ({n_res},), got {tuple(start_frames.shape)}")
     torch.set_num_threads(threads)
     dev = torch.device(device)
     gen = torch.Generator().manual_seed(seed)
