@@ -41,6 +41,9 @@ def _copy_workflow(dst: Path) -> Path:
     for item in ("Snakefile", "config.yaml", "rules", "schemas", "envs"):
         src = REPO / item
         (shutil.copytree if src.is_dir() else shutil.copy)(src, dst / item)
+    (dst / "benchmarks").mkdir()
+    for script in (REPO / "benchmarks").glob("*.py"):  # the bench rules take their scripts as inputs
+        shutil.copy(script, dst / "benchmarks" / script.name)
     return dst
 
 
