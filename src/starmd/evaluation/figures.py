@@ -22,6 +22,8 @@ from starmd.evaluation.config import EvaluationConfig
 from starmd.evaluation.report import write_html
 from starmd.evaluation.summary import COLUMNS, load_eval, mean_time_curves, rows_to_csv, rows_to_markdown, summary_rows
 from starmd.io import atomic_path
+from starmd.training.metrics import read_metrics
+from starmd.training.plot import training_figure
 
 log = logging.getLogger(__name__)
 
@@ -133,39 +135,6 @@ def plot_autocorrelation(evals: list[dict]):
     return fig
 
 
-def read_training_metrics(path: Path) -> list[dict]:
-    """metrics.jsonl: one JSON object per line with `step`, and `loss` and/or `val_loss`."""
-    records = []
-    for i, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{i}: not JSON ({exc})") from None
-        if not isinstance(rec, dict) or "step" not in rec:
-            raise ValueError(f"{path}:{i}: expected a JSON object with key 'step'")
-        records.append(rec)
-    if not any("loss" in r for r in records):
-        raise ValueError(f"{path}: no line has key 'loss'")
-    return records
-
-
-def plot_training(records: list[dict]):
-    fig = Figure(figsize=(5, 3.2))
-    ax = fig.subplots()
-    for key, style in (("loss", "-"), ("val_loss", "o-")):
-        pts = sorted((r["step"], r[key]) for r in records if r.get(key) is not None)
-        if pts:
-            ax.plot(*zip(*pts), style, label=key, markersize=3)
-    ax.set(xlabel="step", ylabel="loss")
-    if all(r.get("loss", 1) > 0 and r.get("val_loss", 1) > 0 for r in records):
-        ax.set_yscale("log")
-    ax.legend(loc="best")
-    fig.tight_layout()
-    return fig
-
-
 def read_kv_bench(path: Path) -> list[dict]:
     """KV benchmark JSON: {"records": [...]} or a list; each record has n_residues, n_frames and *_bytes fields."""
     data = json.loads(path.read_text())
@@ -203,7 +172,7 @@ CAPTIONS = {
     "rmsf": "Per-residue CA RMSF of the generated ensemble vs the reference replica and the oracle replica.",
     "pca_density": "Frame density in the reference's top-2 PCA plane (aligned CA), on the recall/precision grid.",
     "autocorrelation": "Autocorrelation of the reference-PC1 projection vs lag; random-order baseline for contrast.",
-    "training": "Training loss (line) and validation loss (markers) vs optimiser step.",
+    "training": "Training loss and its parts (lines), EMA validation loss (markers) and learning rate vs optimiser step.",
     "kv_cache_memory": "KV-cache memory vs context length: singles cache vs pair cache, measured and analytic.",
 }
 
@@ -248,7 +217,7 @@ def write_figures(evals: list[dict], ablations: dict[str, list[dict]], metrics: 
                (save(plot_autocorrelation(shown), out, "autocorrelation"), CAPTIONS["autocorrelation"])]
     notes = []
     if metrics is not None:
-        figures.append((save(plot_training(read_training_metrics(metrics)), out, "training"), CAPTIONS["training"]))
+        figures.append((save(training_figure(read_metrics(metrics), str(metrics)), out, "training"), CAPTIONS["training"]))
     if kv_bench is not None and kv_bench.exists():
         figures.append((save(plot_kv_bench(read_kv_bench(kv_bench)), out, "kv_cache_memory"),
                         CAPTIONS["kv_cache_memory"]))

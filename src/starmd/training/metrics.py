@@ -38,14 +38,18 @@ class MetricsLog:
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of a metrics.jsonl; a line that is not a JSON object with `step` is an error naming it."""
     path = Path(path)
     records = []
     for i, line in enumerate(path.read_text().splitlines(), 1):
         if line.strip():
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{path}:{i}: not a JSON object ({exc})") from exc
+            if not isinstance(record, dict) or "step" not in record:
+                raise ValueError(f"{path}:{i}: expected a JSON object with key 'step'")
+            records.append(record)
     return records
 
 
