@@ -3,57 +3,7 @@
 # command, settings, numbers) and <name>.png. Settings: config section `benchmarks` (schemas/benchmarks.schema.yaml);
 # each rule passes the shared keys plus its own sub-section, so changing one benchmark's settings reruns only it.
 # Each job claims every core (threads: workflow.cores) so no other job runs beside a timing; the scripts themselves
-# use benchmarks.threads. Self-contained: it relies on config keys and the bench_* helpers below only.
-
-import json
-
-from starmd.bench.config import section_for
-
-
-def bench_settings():
-    return config.get("benchmarks", {})
-
-
-def bench_section_json(name):
-    """Shared benchmark keys + the `name` sub-section, as JSON (the script fills schema defaults for the rest)."""
-    return json.dumps(section_for(bench_settings(), name), sort_keys=True)
-
-
-def bench_demo_json():
-    return json.dumps(config.get("demo", {}), sort_keys=True)
-
-
-def bench_quality_protein():
-    """benchmarks.sampling_steps.protein, else the first demo protein with split: test."""
-    name = bench_settings().get("sampling_steps", {}).get("protein")
-    if name:
-        return name
-    tests = [p["name"] for p in config.get("demo", {}).get("proteins", []) if p.get("split") == "test"]
-    if not tests:
-        raise ValueError("bench_sampling_steps: set benchmarks.sampling_steps.protein or give a demo.proteins "
-                         "entry with split: test")
-    return tests[0]
-
-
-def bench_quality_inputs(wildcards):
-    """Evaluated only when bench_sampling_steps is in the DAG, so a config without a test protein still parses."""
-    name = bench_quality_protein()
-    return {
-        "checkpoint": f"runs/{config['run']}/checkpoints/final.pt",
-        "features": f"data/features/{config['features']['featurizer']}/{name}.h5",
-        "frames": f"data/frames/{name}.h5",
-    }
-
-
-# The script and the schema (whose defaults fill every key the config leaves out) are inputs, so editing either
-# reruns the benchmark.
-BENCH_SCHEMA = "schemas/benchmarks.schema.yaml"
-BENCH_NAMES = ["kv_cache_memory", "training_throughput", "rollout_speed", "sampling_steps"]
-
-
-def bench_targets():
-    return expand("benchmarks/results/{bench}.{ext}", bench=BENCH_NAMES, ext=["json", "png"])
-
+# use benchmarks.threads. Its helpers (bench_*) live in common.smk with every other helper.
 
 rule bench_kv_cache:
     """Singles KV cache (measured on a real paper-scale model) vs per-frame pair cache (allocated up to a budget,
@@ -64,6 +14,8 @@ rule bench_kv_cache:
     output:
         json="benchmarks/results/kv_cache_memory.json",
         png="benchmarks/results/kv_cache_memory.png",
+    conda:
+        "../envs/starmd.yaml"
     log:
         "logs/bench/kv_cache_memory.log",
     params:
@@ -82,6 +34,8 @@ rule bench_training:
     output:
         json="benchmarks/results/training_throughput.json",
         png="benchmarks/results/training_throughput.png",
+    conda:
+        "../envs/starmd.yaml"
     log:
         "logs/bench/training_throughput.log",
     params:
@@ -101,6 +55,8 @@ rule bench_rollout_speed:
     output:
         json="benchmarks/results/rollout_speed.json",
         png="benchmarks/results/rollout_speed.png",
+    conda:
+        "../envs/starmd.yaml"
     log:
         "logs/bench/rollout_speed.log",
     params:
@@ -121,6 +77,8 @@ rule bench_sampling_steps:
     output:
         json="benchmarks/results/sampling_steps.json",
         png="benchmarks/results/sampling_steps.png",
+    conda:
+        "../envs/starmd.yaml"
     log:
         "logs/bench/sampling_steps.log",
     params:

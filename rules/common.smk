@@ -7,6 +7,8 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
+from starmd.bench.config import section_for
+
 validate(config, "../schemas/config.schema.yaml")
 
 DATASET = config["dataset"]
@@ -70,6 +72,15 @@ def raw_dir(wildcards):
     return f"{RAW}/{wildcards.name}"
 
 
+def run_dir(wildcards, output):
+    """runs/{run} from the train rule's checkpoint output (runs/{run}/checkpoints/final.pt)."""
+    return str(Path(output.ckpt).parents[1])
+
+
+def output_dir(wildcards, output):
+    return str(Path(output[0]).parent)
+
+
 def split_files(kind, split):
     """Frames or features HDF5 of every protein in a split (the training inputs)."""
     pattern = "data/frames/{name}.h5" if kind == "frames" else f"data/features/{FEATURIZER}/{{name}}.h5"
@@ -116,6 +127,50 @@ def ablation_args():
 
 
 FIGURES = ["metrics_table", "stability", "rmsf", "pca_density", "autocorrelation", "training", "kv_cache_memory"]
+
+
+# --- benchmarks -------------------------------------------------------------------------------------------------
+def bench_settings():
+    return config.get("benchmarks", {})
+
+
+def bench_section_json(name):
+    """Shared benchmark keys + the `name` sub-section, as JSON (the script fills schema defaults for the rest)."""
+    return json.dumps(section_for(bench_settings(), name), sort_keys=True)
+
+
+def bench_demo_json():
+    return json.dumps(config.get("demo", {}), sort_keys=True)
+
+
+def bench_quality_protein():
+    """benchmarks.sampling_steps.protein, else the first test protein of the dataset."""
+    name = bench_settings().get("sampling_steps", {}).get("protein")
+    if name:
+        return name
+    if not TEST_PROTEINS:
+        raise ValueError("bench_sampling_steps: set benchmarks.sampling_steps.protein (the test split is empty)")
+    return TEST_PROTEINS[0]
+
+
+def bench_quality_inputs(wildcards):
+    """Evaluated only when bench_sampling_steps is in the DAG, so a config without a test protein still parses."""
+    name = bench_quality_protein()
+    return {
+        "checkpoint": f"runs/{config['run']}/checkpoints/final.pt",
+        "features": f"data/features/{config['features']['featurizer']}/{name}.h5",
+        "frames": f"data/frames/{name}.h5",
+    }
+
+
+# The script and the schema (whose defaults fill every key the config leaves out) are inputs, so editing either
+# reruns the benchmark.
+BENCH_SCHEMA = "schemas/benchmarks.schema.yaml"
+BENCH_NAMES = ["kv_cache_memory", "training_throughput", "rollout_speed", "sampling_steps"]
+
+
+def bench_targets():
+    return expand("benchmarks/results/{bench}.{ext}", bench=BENCH_NAMES, ext=["json", "png"])
 
 
 # --- targets ----------------------------------------------------------------------------------------------------

@@ -62,7 +62,7 @@ rule figures:
     params:
         cfg=section_json("evaluation"),
         ablation=ablation_args(),
-        out_dir=f"runs/{RUN}/figures",
+        out_dir=output_dir,
     shell:
         "python -m starmd figures --eval {input.evals} --metrics {input.metrics} {params.ablation} "
         "--kv-bench {input.kv_bench} --out-dir {params.out_dir} --config-json {params.cfg:q} > {log} 2>&1"

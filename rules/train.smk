@@ -19,7 +19,7 @@ rule train:
         "../envs/starmd.yaml"
     params:
         cfg=section_json("training", "model", "diffusion"),
-        run_dir=f"runs/{RUN}",
+        run_dir=run_dir,
     threads: 2
     resources:
         gpu=1,
