@@ -106,7 +106,7 @@ def test_registry_and_cli_errors(demo_protein, tmp_path):
         get_featurizer("nope")
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['ofline'\]"):
         _run_cli(demo_protein.pdb, tmp_path / "x.h5", {"ofline": {}})
-    with pytest.raises(ValueError, match=r"features.offline: unknown keys \['n_rbfs'\]"):
+    with pytest.raises(ValueError, match=r"features.offline: unknown key\(s\) \['n_rbfs'\]"):
         _run_cli(demo_protein.pdb, tmp_path / "x.h5", {"offline": {"n_rbfs": 3}})
     with pytest.raises(ValueError, match="differs from the 'GAWKEA'"):
         offline.featurize(name="p", sequence="GAWKEE", pdb_path=demo_protein.pdb, cfg={})

@@ -278,7 +278,7 @@ def test_bad_inputs_are_named(files, tmp_path, villin_frames, caplog):
         rollout_protein(features_path=files["features"], start_replica="R1", start_frame=3, **kw)
     for bad, match in (({"n_frames": 0}, "rollout.n_frames must be >= 1"),
                        ({"n_frames": -3}, "rollout.n_frames must be >= 1"),
-                       ({"tau": 1.5}, "rollout.tau"), ({"n_frame": 3}, r"unknown rollout config key\(s\) \['n_frame'\]"),
+                       ({"tau": 1.5}, "rollout.tau"), ({"n_frame": 3}, r"rollout: unknown key\(s\) \['n_frame'\]"),
                        ({"steps": 2.5}, "rollout.steps must be int")):
         with pytest.raises(ValueError, match=match):
             RolloutConfig.from_dict(bad)

@@ -144,7 +144,7 @@ def test_bad_inputs_name_the_file(files, tmp_path):
 
 def test_training_config_rejects_unknown_and_mistyped_keys():
     assert TrainingConfig.from_dict({"lr": 1, "strides": [1, 5]}).lr == 1.0
-    with pytest.raises(ValueError, match=r"unknown training config key\(s\) \['learning_rate'\]"):
+    with pytest.raises(ValueError, match=r"training: unknown key\(s\) \['learning_rate'\]"):
         TrainingConfig.from_dict({"learning_rate": 1e-3})
     with pytest.raises(ValueError, match="training.steps must be int"):
         TrainingConfig.from_dict({"steps": "10"})

@@ -22,6 +22,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping, TextIO, get_type_hints
 
+from starmd.config import dataclass_section
 from starmd.data.download import DownloadError, NotFoundError, RetryPolicy, download_resumable
 
 REPLICAS: tuple[int, ...] = (1, 2, 3)
@@ -48,13 +49,8 @@ class AtlasConfig:
     @classmethod
     def from_dict(cls, section: Mapping[str, Any]) -> "AtlasConfig":
         """Validate the JSON section; an unknown key or a wrong type is an error naming `atlas.<key>`."""
-        if not isinstance(section, Mapping):
-            raise ValueError(f"atlas: expected a JSON object, got {type(section).__name__}")
+        section = dataclass_section(cls, section, "atlas")
         hints = get_type_hints(cls)
-        known = [f.name for f in fields(cls)]
-        unknown = set(section) - set(known)
-        if unknown:
-            raise ValueError(f"atlas: unknown key(s) {sorted(unknown)}; expected some of {known}")
         for key, value in section.items():
             want = hints[key]
             ok = (isinstance(value, (int, float)) and not isinstance(value, bool) if want is float

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import logging
 import os
 import random
@@ -33,6 +32,7 @@ from typing import Iterator
 
 import numpy as np
 
+from starmd.config import dataclass_section, section_json
 from starmd.data.residues import sequence_to_aatype
 from starmd.io import write_json
 
@@ -70,13 +70,7 @@ class DemoConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "DemoConfig":
-        raw = json.loads(text)
-        if not isinstance(raw, dict):
-            raise ValueError(f"--config-json: expected a JSON object (the demo section), got {type(raw).__name__}")
-        unknown = sorted(set(raw) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"demo config: unknown key(s) {unknown}; allowed: {sorted(cls.__dataclass_fields__)}")
-        cfg = cls(**raw)
+        cfg = cls(**dataclass_section(cls, section_json(text, "demo"), "demo"))
         cfg.validate()
         return cfg
 

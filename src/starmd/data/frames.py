@@ -19,6 +19,7 @@ import h5py
 import numpy as np
 import torch
 
+from starmd.config import dataclass_section, section_json
 from starmd.data.residues import protein_residues, sequence_to_aatype
 from starmd.geometry import Rigid
 from starmd.io import atomic_path, sha256sum
@@ -41,13 +42,7 @@ class FramesConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "FramesConfig":
-        raw = json.loads(text)
-        if not isinstance(raw, dict):
-            raise ValueError(f"--config-json: expected a JSON object (the frames section), got {type(raw).__name__}")
-        unknown = sorted(set(raw) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"frames config: unknown key(s) {unknown}; allowed: {sorted(cls.__dataclass_fields__)}")
-        cfg = cls(**raw)
+        cfg = cls(**dataclass_section(cls, section_json(text, "frames"), "frames"))
         if not isinstance(cfg.stride, int) or cfg.stride < 1:
             raise ValueError(f"frames config: stride must be an integer >= 1, got {cfg.stride!r}")
         return cfg

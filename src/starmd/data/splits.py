@@ -18,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from starmd.config import section_keys
 from starmd.io import atomic_path
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -37,11 +38,7 @@ class SplitsConfig:
     @classmethod
     def from_dict(cls, section: Mapping[str, Any]) -> "SplitsConfig":
         """Validate the JSON section; an unknown key or a bad value is an error naming `splits.<key>`."""
-        if not isinstance(section, Mapping):
-            raise ValueError(f"splits: expected a JSON object, got {type(section).__name__}")
-        unknown = set(section) - {"limit", "names", "max_seqlen"}
-        if unknown:
-            raise ValueError(f"splits: unknown key(s) {sorted(unknown)}; expected limit, names, max_seqlen")
+        section = section_keys(section, ("limit", "names", "max_seqlen"), "splits")
         limit = _per_split(section.get("limit"), "limit", _check_limit)
         names = _per_split(section.get("names"), "names", _check_names)
         max_seqlen = section.get("max_seqlen")

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from starmd.config import section_keys
 from starmd.diffusion.r3 import R3Diffuser
 from starmd.diffusion.so3 import SO3Diffuser
 from starmd.diffusion.time import as_time
@@ -21,12 +22,8 @@ from starmd.geometry.rigid import Rigid
 
 def _build(cls: type, section: str, conf: Mapping[str, Any] | None) -> Any:
     """cls(**conf), with a misspelt config key reported by name instead of a bare TypeError."""
-    conf = dict(conf or {})
     known = set(inspect.signature(cls.__init__).parameters) - {"self"}
-    unknown = sorted(set(conf) - known)
-    if unknown:
-        raise ValueError(f"diffusion.{section}: unknown key(s) {unknown}; expected a subset of {sorted(known)}")
-    return cls(**conf)
+    return cls(**section_keys(conf or {}, known, f"diffusion.{section}"))
 
 
 class SE3Diffuser:

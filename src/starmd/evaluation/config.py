@@ -7,8 +7,9 @@ threshold is an error naming the key, not a silently used default.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
+
+from starmd.config import dataclass_section, section_json
 
 
 @dataclass(frozen=True)
@@ -34,13 +35,8 @@ class EvaluationConfig:
 
     @classmethod
     def from_json(cls, text: str | None) -> "EvaluationConfig":
-        raw = json.loads(text) if text else {}
-        if not isinstance(raw, dict):
-            raise ValueError(f"evaluation config must be a JSON object, got {type(raw).__name__}")
+        raw = dataclass_section(cls, section_json(text or "{}", "evaluation"), "evaluation")
         known = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - set(known))
-        if unknown:
-            raise ValueError(f"evaluation config: unknown key(s) {unknown}; known keys: {sorted(known)}")
         for key, value in raw.items():
             expected = {"int": int, "float": (int, float), "str": str}[known[key].type]
             if isinstance(value, bool) or not isinstance(value, expected):

@@ -3,27 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
 from pathlib import Path
 
+from starmd.config import section_json, section_keys
 from starmd.data.residues import protein_residues
 from starmd.features import FEATURIZERS, get_featurizer
 from starmd.features.io import write_features
 
 log = logging.getLogger(__name__)
-
-
-def _features_config(text: str) -> dict:
-    cfg = json.loads(text)
-    if not isinstance(cfg, dict):
-        raise ValueError(f"--config-json: expected a JSON object (the features section), got {type(cfg).__name__}")
-    unknown = sorted(set(cfg) - {"featurizer", *FEATURIZERS})
-    if unknown:
-        raise ValueError(f"features config: unknown key(s) {unknown}; allowed: featurizer, {', '.join(FEATURIZERS)}")
-    return cfg
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config-json", required=True, help="JSON of the `features` config section")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    cfg = _features_config(args.config_json)
+    cfg = section_keys(section_json(args.config_json, "features"), {"featurizer", *FEATURIZERS}, "features")
     if not args.pdb.is_file():
         raise FileNotFoundError(f"{args.pdb}: no such file (--pdb)")
     import mdtraj as md

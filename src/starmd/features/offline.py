@@ -24,6 +24,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from starmd.config import dataclass_section
 from starmd.data.residues import N_RESTYPES_WITH_X, protein_residues, sequence_to_aatype
 from starmd.geometry import Rigid
 from starmd.io import sha256sum
@@ -47,11 +48,7 @@ class OfflineSettings:
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> "OfflineSettings":
         """Read `cfg["offline"]` (the `features` section) and check every key and value."""
-        sub = dict(cfg.get("offline") or {})
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(sub) - fields)
-        if unknown:
-            raise ValueError(f"features.offline: unknown keys {unknown}; expected some of {sorted(fields)}")
+        sub = dataclass_section(cls, cfg.get("offline") or {}, "features.offline")
         if "neighbour_radii_a" in sub:
             sub["neighbour_radii_a"] = tuple(sub["neighbour_radii_a"])
         s = cls(**sub)

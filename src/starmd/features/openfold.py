@@ -30,6 +30,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from starmd.config import dataclass_section
 from starmd.data.residues import sequence_to_aatype
 from starmd.features.openfold_compat import import_openfold
 from starmd.io import atomic_path, sha256sum
@@ -63,12 +64,7 @@ class OpenFoldSettings:
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> "OpenFoldSettings":
         """Read `cfg["openfold"]` (the `features` section) and check every key and value."""
-        sub = cfg.get("openfold") or {}
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(sub) - fields)
-        if unknown:
-            raise ValueError(f"features.openfold: unknown keys {unknown}; expected some of {sorted(fields)}")
-        s = cls(**sub)
+        s = cls(**dataclass_section(cls, cfg.get("openfold") or {}, "features.openfold"))
         if s.pair_dtype not in PAIR_DTYPES:
             raise ValueError(f"features.openfold.pair_dtype: {s.pair_dtype!r}, expected one of {sorted(PAIR_DTYPES)}")
         for key in ("recycles", "seed"):

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from typing import Any
+
+from starmd.config import dataclass_section, section_json
 
 
 @dataclass(frozen=True)
@@ -42,11 +43,8 @@ class RolloutConfig:
     def from_dict(cls, d: dict[str, Any]) -> "RolloutConfig":
         """Reject unknown keys and wrongly typed values by name (an int is accepted where a float is expected)."""
         defaults = {f.name: f.default for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - set(defaults))
-        if unknown:
-            raise ValueError(f"unknown rollout config key(s) {unknown}; allowed: {sorted(defaults)}")
         out = {}
-        for key, value in d.items():
+        for key, value in dataclass_section(cls, d, "rollout").items():
             expected = type(defaults[key])
             if expected is float and isinstance(value, int) and not isinstance(value, bool):
                 value = float(value)
@@ -57,13 +55,7 @@ class RolloutConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "RolloutConfig":
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"--config-json is not valid JSON ({exc})") from exc
-        if not isinstance(d, dict):
-            raise ValueError(f"--config-json must be a JSON object (the rollout section), got {type(d).__name__}")
-        return cls.from_dict(d)
+        return cls.from_dict(section_json(text, "rollout"))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

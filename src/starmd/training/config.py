@@ -10,6 +10,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from starmd.config import dataclass_section
+
 # Keys that may change between a run and its resume without changing what is learned (logging cadence, I/O).
 RESUMABLE_KEYS = frozenset({"steps", "log_every", "val_every", "checkpoint_every", "num_workers", "progress_bar",
                             "max_nonfinite"})
@@ -76,10 +78,7 @@ class TrainingConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainingConfig":
         """Build from a config section, rejecting unknown keys and values of the wrong type by name."""
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - set(fields))
-        if unknown:
-            raise ValueError(f"unknown training config key(s) {unknown}; allowed: {sorted(fields)}")
+        d = dataclass_section(cls, d, "training")
         defaults = cls()
         for key, value in d.items():
             expected = type(getattr(defaults, key))
