@@ -131,7 +131,7 @@ FIGURES = ["metrics_table", "stability", "rmsf", "pca_density", "autocorrelation
 
 # --- benchmarks -------------------------------------------------------------------------------------------------
 def bench_settings():
-    return config.get("benchmarks", {})
+    return config["benchmarks"]
 
 
 def bench_section_json(name):
@@ -140,7 +140,7 @@ def bench_section_json(name):
 
 
 def bench_demo_json():
-    return json.dumps(config.get("demo", {}), sort_keys=True)
+    return json.dumps(config["demo"], sort_keys=True)
 
 
 def bench_quality_protein():
@@ -157,8 +157,8 @@ def bench_quality_inputs(wildcards):
     """Evaluated only when bench_sampling_steps is in the DAG, so a config without a test protein still parses."""
     name = bench_quality_protein()
     return {
-        "checkpoint": f"runs/{config['run']}/checkpoints/final.pt",
-        "features": f"data/features/{config['features']['featurizer']}/{name}.h5",
+        "checkpoint": f"runs/{RUN}/checkpoints/final.pt",
+        "features": f"data/features/{FEATURIZER}/{name}.h5",
         "frames": f"data/frames/{name}.h5",
     }
 
