@@ -18,6 +18,7 @@ import PeptideBuilder
 import torch
 from Bio.PDB import PDBIO
 
+from starmd.data.residues import sequence_to_aatype
 from starmd.geometry import Rigid
 
 SEQUENCE = "AEAAAKEAAAKEAAAKAAGAEAAK"  # 24 residues
@@ -85,6 +86,7 @@ def write_reference(root: Path, name: str = "helix", n_stored: int = 200, replic
         h5.attrs.update(name=name, sequence=SEQUENCE, n_residues=len(SEQUENCE), stride=STRIDE,
                         dt_ps=RAW_DT_PS * STRIDE, format_version=1)
         h5["residue_index"] = np.arange(1, len(SEQUENCE) + 1, dtype=np.int32)
+        h5["aatype"] = sequence_to_aatype(SEQUENCE)
         _write_frames(h5, "start", start.xyz[:1].astype(np.float64) * 10.0, bb, single=True)
         for k in replicas:
             xyz = md_like(start, n_stored * STRIDE, seed=100 + k)

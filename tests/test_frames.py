@@ -190,3 +190,24 @@ def test_failure_mid_write_leaves_no_output(demo_protein, tmp_path, monkeypatch)
         extract_frames(demo_protein.pdb, demo_protein.xtcs, out, FramesConfig())
     assert "replicas/R1/rotations" in calls  # the crash really happened mid-file
     assert list(out.parent.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda f: f.attrs.__delitem__("dt_ps"), r"missing root attribute 'dt_ps'"),
+        (lambda f: f.__delitem__("start/rotations"), r"start/rotations must be \[\d+, 3, 3\], got missing"),
+        (lambda f: f.__delitem__("replicas/R2/time_ps"), r"replicas/R2/time_ps must be \[\d+\], got missing"),
+        (lambda f: f.__delitem__("replicas"), r"no group 'replicas/R\*'"),
+    ],
+)
+def test_every_reader_shares_one_schema_check(frames_h5, tmp_path, edit, message):
+    """check_frames names the file and the key; read_frames (and training, rollout, evaluation) run it first."""
+    broken = tmp_path / "broken.h5"
+    broken.write_bytes(frames_h5.read_bytes())
+    with h5py.File(broken, "r+") as f:
+        edit(f)
+    with pytest.raises(ValueError, match=rf"broken\.h5: {message}"):
+        read_frames(broken)
+    with h5py.File(frames_h5, "r") as f:
+        assert frames.check_frames(f, frames_h5) == len(f.attrs["sequence"])

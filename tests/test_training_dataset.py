@@ -135,7 +135,7 @@ def test_bad_inputs_name_the_file(files, tmp_path):
                            centre="per_frame", seed=0)
     broken = tmp_path / "broken.h5"
     with h5py.File(broken, "w") as f:
-        f.attrs.update({"name": "x", "sequence": "AC", "n_residues": 2, "dt_ps": 1.0})
+        f.attrs.update({"name": "x", "sequence": "AC", "n_residues": 2, "stride": 1, "dt_ps": 1.0})
         f.create_dataset("replicas/R1/rotations", data=np.zeros((5, 3, 3, 3)))
     with pytest.raises(ValueError, match=r"broken\.h5: replicas/R1/rotations must be \[T, 2, 3, 3\]"):
         FrameWindowDataset(frames=[broken], features=files[1][:1], num_frames=2, strides=[1], crop_size=8,

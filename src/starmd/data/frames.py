@@ -144,6 +144,43 @@ def extract_frames(pdb: str | Path, xtcs: list[str | Path], out: str | Path, cfg
     return out
 
 
+ROOT_ATTRS = ("name", "sequence", "n_residues", "stride", "dt_ps")
+
+
+def _check_shape(h5: h5py.File, path: str | Path, key: str, shape: tuple[int | None, ...]) -> tuple[int, ...]:
+    """Dataset `key` must exist with `shape` (None = any length, written T); returns its shape."""
+    got = h5[key].shape if key in h5 else None
+    if got is None or len(got) != len(shape) or any(s is not None and g != s for g, s in zip(got, shape)):
+        dims = ", ".join("T" if s is None else str(s) for s in shape)
+        raise ValueError(f"{path}: {key} must be [{dims}], got {got or 'missing'} (frames schema, "
+                         f"docs/architecture.md)")
+    return got
+
+
+def check_frames(h5: h5py.File, path: str | Path) -> int:
+    """Check an open frames HDF5 against the schema of docs/architecture.md; returns N.
+
+    The one schema check every reader (training, rollout, evaluation) runs, so a malformed file fails the same way
+    everywhere, naming the file and the key, before any reader indexes into it.
+    """
+    for key in ROOT_ATTRS:
+        if key not in h5.attrs:
+            raise ValueError(f"{path}: missing root attribute {key!r} (frames schema, docs/architecture.md)")
+    n = int(h5.attrs["n_residues"])
+    if len(str(h5.attrs["sequence"])) != n:
+        raise ValueError(f"{path}: attr sequence has {len(str(h5.attrs['sequence']))} residues, n_residues is {n}")
+    if "replicas" not in h5 or not len(h5["replicas"]):
+        raise ValueError(f"{path}: no group 'replicas/R*' with frames")
+    for rep in sorted(h5["replicas"]):
+        t = _check_shape(h5, path, f"replicas/{rep}/rotations", (None, n, 3, 3))[0]
+        _check_shape(h5, path, f"replicas/{rep}/translations", (t, n, 3))
+        _check_shape(h5, path, f"replicas/{rep}/time_ps", (t,))
+    for key, shape in (("aatype", (n,)), ("residue_index", (n,)), ("start/rotations", (n, 3, 3)),
+                       ("start/translations", (n, 3))):
+        _check_shape(h5, path, key, shape)
+    return n
+
+
 def read_frames(path: str | Path) -> dict:
     """Frames HDF5 -> {'attrs': {...}, 'aatype', 'residue_index', 'start': {rotations, translations},
     'replicas': {'R1': {rotations, translations, time_ps}, ...}} as numpy arrays (JSON attrs decoded)."""
@@ -151,6 +188,7 @@ def read_frames(path: str | Path) -> dict:
         if f.attrs.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{path}: frames format_version {f.attrs.get('format_version')!r}, "
                              f"expected {FORMAT_VERSION}")
+        check_frames(f, path)
         attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
         for k in ("source_sha256", "provenance"):
             attrs[k] = json.loads(attrs[k])

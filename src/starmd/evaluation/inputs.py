@@ -15,6 +15,7 @@ import h5py
 import mdtraj as md
 import numpy as np
 
+from starmd.data.frames import check_frames
 from starmd.evaluation.metrics import BACKBONE_ATOM_NAMES, NM_PER_ANGSTROM, rmsd_to
 
 # a stored CA frame and the same raw-xtc frame may differ by the xtc precision (0.01 A) and re-fitting
@@ -115,15 +116,14 @@ def load_reference(frames_path: str | Path, raw_dir: str | Path, name: str) -> R
     """Frames HDF5 (CA of every replica) plus the raw MD backbone, every `stride`-th raw frame per stored frame."""
     frames_path, raw_dir = Path(frames_path), Path(raw_dir)
     with h5py.File(frames_path, "r") as h5:
-        dt_ps = float(_attr(h5, "dt_ps", frames_path))
-        stride = int(_attr(h5, "stride", frames_path))
+        check_frames(h5, frames_path)
+        dt_ps = float(h5.attrs["dt_ps"])
+        stride = int(h5.attrs["stride"])
         sequence = str(_attr(h5, "sequence", frames_path))
-        start_ca = _dataset(h5, "start/translations", frames_path, 2)
-        if "replicas" not in h5 or not len(h5["replicas"]):
-            raise ValueError(f"{frames_path}: no group 'replicas' with replicas R1, R2, ...")
-        ca = {rep: _dataset(h5, f"replicas/{rep}/translations", frames_path, 3) for rep in sorted(h5["replicas"])}
-        residue_index = (np.asarray(h5["residue_index"][()]) if "residue_index" in h5
-                         else np.arange(1, len(sequence) + 1))
+        start_ca = np.asarray(h5["start/translations"][()], dtype=np.float64)
+        ca = {rep: np.asarray(h5["replicas"][rep]["translations"][()], dtype=np.float64)
+              for rep in sorted(h5["replicas"])}
+        residue_index = np.asarray(h5["residue_index"][()])
     pdb = raw_dir / f"{name}.pdb"
     if not pdb.exists():
         raise ValueError(f"{raw_dir}: raw start structure {pdb.name} not found")

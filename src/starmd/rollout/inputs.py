@@ -14,6 +14,7 @@ import h5py
 import numpy as np
 import torch
 
+from starmd.data.frames import check_frames
 from starmd.features.io import read_features
 from starmd.geometry import Rigid
 from starmd.model.network import StarMD
@@ -60,12 +61,7 @@ def load_start(path: str | Path, replica: str | None = None, frame: int | None =
     """The `start` group of a frames HDF5, or MD frame `frame` of `replicas/{replica}` when a replica is given."""
     path = Path(path)
     with h5py.File(path, "r") as h5:
-        for key in ("sequence", "dt_ps"):
-            if key not in h5.attrs:
-                raise ValueError(f"{path}: missing root attribute {key!r} (frames schema, docs/architecture.md)")
-        for key in ("aatype", "residue_index", "start" if replica is None else "replicas"):
-            if key not in h5:
-                raise ValueError(f"{path}: missing {key!r} (frames schema, docs/architecture.md)")
+        check_frames(h5, path)
         if replica is None:
             if frame is not None:
                 raise ValueError("a start frame index needs a replica (--start-replica R1 --start-frame k)")

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from starmd.data.frames import check_frames
+
 
 @dataclass(frozen=True)
 class ProteinEntry:
@@ -36,24 +38,9 @@ class ProteinEntry:
 def _read_entry(frames_path: Path, features_path: Path) -> ProteinEntry:
     """Check the two files against the documented schema and each other; errors name the file and key."""
     with h5py.File(frames_path, "r") as f:
-        for key in ("name", "sequence", "n_residues", "dt_ps"):
-            if key not in f.attrs:
-                raise ValueError(f"{frames_path}: missing root attribute {key!r} (frames schema, docs/architecture.md)")
-        if "replicas" not in f or not len(f["replicas"]):
-            raise ValueError(f"{frames_path}: no group 'replicas/R*' with frames")
-        n = int(f.attrs["n_residues"])
-        replicas, n_frames = [], []
-        for rep in sorted(f["replicas"]):
-            g = f["replicas"][rep]
-            for key, shape in (("rotations", (n, 3, 3)), ("translations", (n, 3))):
-                if key not in g or g[key].shape[1:] != shape:
-                    got = g[key].shape if key in g else "missing"
-                    raise ValueError(f"{frames_path}: replicas/{rep}/{key} must be [T, {', '.join(map(str, shape))}],"
-                                     f" got {got}")
-            if "time_ps" not in g or g["time_ps"].shape != g["translations"].shape[:1]:
-                raise ValueError(f"{frames_path}: replicas/{rep}/time_ps must be [T] matching the frames")
-            replicas.append(rep)
-            n_frames.append(int(g["translations"].shape[0]))
+        n = check_frames(f, frames_path)
+        replicas = sorted(f["replicas"])
+        n_frames = [int(f["replicas"][rep]["translations"].shape[0]) for rep in replicas]
         name, sequence, dt_ps = str(f.attrs["name"]), str(f.attrs["sequence"]), float(f.attrs["dt_ps"])
     with h5py.File(features_path, "r") as h:
         for key in ("single", "pair"):
