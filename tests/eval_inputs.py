@@ -19,7 +19,9 @@ import torch
 from Bio.PDB import PDBIO
 
 from starmd.data.residues import sequence_to_aatype
+from starmd.evaluation.metrics import ca_valid
 from starmd.geometry import Rigid
+from starmd.rollout.writers import RolloutRecord, write_rollout_h5
 
 SEQUENCE = "AEAAAKEAAAKEAAAKAAGAEAAK"  # 24 residues
 RAW_DT_PS = 5.0
@@ -128,11 +130,15 @@ def write_rollout(root: Path, name: str = "helix", n_samples: int = 2, n_frames:
         rigid = Rigid.from_3_points(pos[:, :, 0], pos[:, :, 1], pos[:, :, 2])
         rots.append(rigid.rots.numpy())
         trans.append(rigid.trans.numpy())
+    start_pos = torch.as_tensor(bb_top.xyz[0].astype(np.float64) * 10.0).reshape(-1, 4, 3)
+    start_rigid = Rigid.from_3_points(start_pos[:, 0], start_pos[:, 1], start_pos[:, 2])
+    translations = np.stack(trans)
     path = out / f"{name}.h5"
-    with h5py.File(path, "w") as h5:
-        h5["rotations"] = np.stack(rots).astype(np.float32)
-        h5["translations"] = np.stack(trans).astype(np.float32)
-        h5["time_ps"] = np.arange(1, n_frames + 1) * delta_t_ps  # time after the start frame, as rollout writes
-        h5["start/translations"] = bb_top.xyz[0, 1::4].astype(np.float32) * 10.0  # CA of the start structure
-        h5.attrs.update(sequence=SEQUENCE, delta_t_ps=delta_t_ps)
+    write_rollout_h5(path, RolloutRecord(
+        rotations=np.stack(rots), translations=translations,
+        time_ps=np.arange(1, n_frames + 1) * delta_t_ps,  # time after the start frame, as rollout writes
+        validity=np.stack([ca_valid(t) for t in translations]),
+        start_rotations=start_rigid.rots.numpy(), start_translations=start_rigid.trans.numpy(),
+        aatype=sequence_to_aatype(SEQUENCE), residue_index=np.arange(1, len(SEQUENCE) + 1),
+        attrs={"sequence": SEQUENCE, "delta_t_ps": delta_t_ps}))
     return path

@@ -235,10 +235,9 @@ def evaluate_protein(name: str, rollout: Rollout, reference: Reference, cfg: Eva
     # model: rollout times after its own start frame; MD replicas: frame k at k x spacing after the PDB start
     model_time = rollout.time_ps[::gen_stride]
     md_time = np.arange(len(model_time)) * spacing
-    rollout_start = reference.start_ca if rollout.start_ca is None else rollout.start_ca
     n_lags = min(len(per_ens[k]["acf"]) for k in ENSEMBLES)
     curves = {
-        "time": {"model": _time_curves(model, model_time, rollout_start, cfg),
+        "time": {"model": _time_curves(model, model_time, rollout.start_ca, cfg),
                  **{k: _time_curves(ens[k], md_time, reference.start_ca, cfg) for k in ("oracle", "reference")}},
         "autocorrelation": {"lag_ps": (np.arange(n_lags) * spacing).tolist(),
                             **{k: per_ens[k]["acf"][:n_lags] for k in ENSEMBLES}},
@@ -254,7 +253,7 @@ def evaluate_protein(name: str, rollout: Rollout, reference: Reference, cfg: Eva
         "name": name,
         "config": cfg.as_dict(),
         "alignment": ALIGNMENT,
-        "rollout_start_rmsd_to_pdb_start_A": float(M.rmsd_to(rollout_start[None], reference.start_ca)[0]),
+        "rollout_start_rmsd_to_pdb_start_A": float(M.rmsd_to(rollout.start_ca[None], reference.start_ca)[0]),
         "time_grid": {"spacing_ps": spacing, "generated_delta_t_ps": rollout.delta_t_ps,
                       "reference_dt_ps": reference.dt_ps, "generated_stride": gen_stride,
                       "reference_stride": ref_stride},

@@ -17,6 +17,7 @@ import numpy as np
 
 from starmd.data.frames import check_frames
 from starmd.evaluation.metrics import BACKBONE_ATOM_NAMES, NM_PER_ANGSTROM, rmsd_to
+from starmd.rollout.writers import read_rollout_h5
 
 # a stored CA frame and the same raw-xtc frame may differ by the xtc precision (0.01 A) and re-fitting
 _CA_MATCH_TOL_A = 0.05
@@ -29,7 +30,7 @@ class Rollout:
     time_ps: np.ndarray  # [F], time after the start structure
     delta_t_ps: float
     sequence: str
-    start_ca: np.ndarray | None  # [N, 3] the frame the rollout started from (`start/translations`), if recorded
+    start_ca: np.ndarray  # [N, 3] the frame the rollout started from (`start/translations`)
 
 
 @dataclass(frozen=True)
@@ -41,22 +42,6 @@ class Reference:
     dt_ps: float
     sequence: str
     residue_index: np.ndarray  # [N]
-
-
-def _dataset(h5: h5py.File, key: str, path: Path, ndim: int) -> np.ndarray:
-    if key not in h5:
-        raise ValueError(f"{path}: missing dataset {key!r}")
-    arr = np.asarray(h5[key][()], dtype=np.float64)
-    if arr.ndim != ndim or arr.shape[-1] != 3:
-        raise ValueError(f"{path}: dataset {key!r} has shape {arr.shape}, expected {ndim} dims ending in 3 (xyz)")
-    return arr
-
-
-def _attr(h5: h5py.File, key: str, path: Path):
-    if key not in h5.attrs:
-        raise ValueError(f"{path}: missing root attribute {key!r}")
-    value = h5.attrs[key]
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def backbone_indices(topology: md.Topology, source: str) -> np.ndarray:
@@ -86,14 +71,18 @@ def load_backbone(xtc: Path, pdb: Path, stride: int = 1) -> np.ndarray:
 def load_rollout(path: str | Path) -> Rollout:
     """Rollout HDF5 plus its per-sample backbone xtc files `{stem}_s{k}.xtc` on topology `{stem}.pdb` beside it."""
     path = Path(path)
-    with h5py.File(path, "r") as h5:
-        ca = _dataset(h5, "translations", path, 4)
-        time_ps = np.asarray(h5["time_ps"][()], dtype=np.float64) if "time_ps" in h5 else None
-        delta_t = float(_attr(h5, "delta_t_ps", path))
-        sequence = str(_attr(h5, "sequence", path))
-        start_ca = _dataset(h5, "start/translations", path, 2) if "start/translations" in h5 else None
-    if time_ps is None or time_ps.shape != (ca.shape[1],):
-        raise ValueError(f"{path}: dataset 'time_ps' must exist with shape [{ca.shape[1]}] (one time per frame)")
+    rec = read_rollout_h5(path)
+    for key in ("delta_t_ps", "sequence"):
+        if key not in rec.attrs:
+            raise ValueError(f"{path}: missing root attribute {key!r}")
+    ca = np.asarray(rec.translations, dtype=np.float64)
+    if ca.ndim != 4 or ca.shape[-1] != 3:
+        raise ValueError(f"{path}: dataset 'translations' has shape {ca.shape}, expected [S, F, N, 3]")
+    time_ps = np.asarray(rec.time_ps, dtype=np.float64)
+    delta_t, sequence = float(rec.attrs["delta_t_ps"]), str(rec.attrs["sequence"])
+    start_ca = np.asarray(rec.start_translations, dtype=np.float64)
+    if time_ps.shape != (ca.shape[1],):
+        raise ValueError(f"{path}: dataset 'time_ps' must have shape [{ca.shape[1]}] (one time per frame)")
     if len(sequence) != ca.shape[2]:
         raise ValueError(f"{path}: attr sequence has {len(sequence)} residues but translations has {ca.shape[2]}")
     pdb = path.with_suffix(".pdb")
@@ -119,7 +108,7 @@ def load_reference(frames_path: str | Path, raw_dir: str | Path, name: str) -> R
         check_frames(h5, frames_path)
         dt_ps = float(h5.attrs["dt_ps"])
         stride = int(h5.attrs["stride"])
-        sequence = str(_attr(h5, "sequence", frames_path))
+        sequence = str(h5.attrs["sequence"])
         start_ca = np.asarray(h5["start/translations"][()], dtype=np.float64)
         ca = {rep: np.asarray(h5["replicas"][rep]["translations"][()], dtype=np.float64)
               for rep in sorted(h5["replicas"])}

@@ -81,9 +81,16 @@ def write_rollout_h5(path: str | Path, rec: RolloutRecord) -> None:
             h5.attrs[key] = value if isinstance(value, (str, int, float, bool)) else json.dumps(value)
 
 
+ROLLOUT_DATASETS = ("rotations", "translations", "time_ps", "validity", "start/rotations", "start/translations",
+                    "aatype", "residue_index")
+
+
 def read_rollout_h5(path: str | Path) -> RolloutRecord:
-    """Inverse of `write_rollout_h5` (non-scalar attrs come back as their JSON strings)."""
+    """Inverse of `write_rollout_h5` (non-scalar attrs come back as their JSON strings); the one reader of the format."""
     with h5py.File(path, "r") as h5:
+        missing = [key for key in ROLLOUT_DATASETS if key not in h5]
+        if missing:
+            raise ValueError(f"{path}: missing dataset(s) {missing} (rollout format, docs/architecture.md)")
         return RolloutRecord(
             rotations=h5["rotations"][()], translations=h5["translations"][()], time_ps=h5["time_ps"][()],
             validity=h5["validity"][()], start_rotations=h5["start/rotations"][()],
