@@ -11,7 +11,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from starmd.features import cli, get_featurizer, offline
-from starmd.features.io import read_features, write_features
+from starmd.features.io import check_features, read_features, write_features
 from starmd.features.offline import OfflineSettings, structure_features
 
 FEATURES_CFG = {"featurizer": "offline", "offline": {}}
@@ -148,3 +148,16 @@ def test_failed_write_leaves_no_file(tmp_path, monkeypatch):
         write_features(tmp_path / "f.h5", np.zeros((2, 3), np.float32), np.zeros((2, 2, 1), np.float32),
                        {"featurizer": "t", "sequence": "AA"})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_check_features_names_the_file_and_the_bad_shape(tmp_path):
+    """The one schema check the readers share: a pair that is not [N, N, c_z] is refused by name."""
+    good, bad = tmp_path / "good.h5", tmp_path / "bad.h5"
+    for path, pair_shape in ((good, (3, 3, 2)), (bad, (3, 4, 2))):
+        with h5py.File(path, "w") as f:
+            f["single"] = np.zeros((3, 5), np.float32)
+            f["pair"] = np.zeros(pair_shape, np.float32)
+    with h5py.File(good, "r") as f:
+        assert check_features(f, good) == (3, 5, 2)
+    with pytest.raises(ValueError, match=r"bad\.h5: expected single \[N, c_s\] and pair \[N, N, c_z\].*\(3, 4, 2\)"):
+        read_features(bad)

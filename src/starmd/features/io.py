@@ -50,11 +50,23 @@ def write_features(path: str | os.PathLike, single: np.ndarray, pair: np.ndarray
     return path
 
 
+def check_features(h5: h5py.File, path: str | os.PathLike) -> tuple[int, int, int]:
+    """Check an open features HDF5 against the schema; returns (N, c_s, c_z).
+
+    The one check every reader (rollout via read_features, training) runs before it trusts the shapes.
+    """
+    for key in ("single", "pair"):
+        if key not in h5:
+            raise ValueError(f"{path}: missing dataset {key!r} (features schema, docs/architecture.md)")
+    single, pair = h5["single"].shape, h5["pair"].shape
+    if len(single) != 2 or len(pair) != 3 or pair[:2] != (single[0], single[0]):
+        raise ValueError(f"{path}: expected single [N, c_s] and pair [N, N, c_z], got single {single}, pair {pair}")
+    return int(single[0]), int(single[1]), int(pair[2])
+
+
 def read_features(path: str | os.PathLike) -> dict[str, Any]:
     """-> {'single': [N, c_s], 'pair': [N, N, c_z], 'attrs': {...}} (JSON-valued attrs stay strings)."""
     with h5py.File(path, "r") as f:
-        for key in ("single", "pair"):
-            if key not in f:
-                raise ValueError(f"{path}: missing dataset {key!r} (features schema, docs/architecture.md)")
+        check_features(f, path)
         attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
         return {"single": f["single"][()], "pair": f["pair"][()], "attrs": attrs}

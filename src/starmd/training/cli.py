@@ -20,6 +20,7 @@ import h5py
 import torch
 
 from starmd.diffusion import SE3Diffuser
+from starmd.features.io import check_features
 from starmd.model import StarMD
 from starmd.training.config import TrainingConfig
 from starmd.training.dataset import FrameWindowDataset
@@ -49,7 +50,7 @@ def feature_dims(paths: list[str]) -> tuple[int, int]:
     dims = set()
     for p in paths:
         with h5py.File(p, "r") as f:
-            dims.add((int(f["single"].shape[-1]), int(f["pair"].shape[-1])))
+            dims.add(check_features(f, p)[1:])
     if len(dims) != 1:
         raise ValueError(f"features files disagree on (c_s, c_z): {sorted(dims)}; use one featurizer for a run")
     return dims.pop()

@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from starmd.data.frames import check_frames
+from starmd.features.io import check_features
 
 
 @dataclass(frozen=True)
@@ -43,10 +44,7 @@ def _read_entry(frames_path: Path, features_path: Path) -> ProteinEntry:
         n_frames = [int(f["replicas"][rep]["translations"].shape[0]) for rep in replicas]
         name, sequence, dt_ps = str(f.attrs["name"]), str(f.attrs["sequence"]), float(f.attrs["dt_ps"])
     with h5py.File(features_path, "r") as h:
-        for key in ("single", "pair"):
-            if key not in h:
-                raise ValueError(f"{features_path}: missing dataset {key!r} (features schema, docs/architecture.md)")
-        if h["single"].shape[0] != n or h["pair"].shape[:2] != (n, n):
+        if check_features(h, features_path)[0] != n:
             raise ValueError(f"{features_path}: single {h['single'].shape} / pair {h['pair'].shape} do not match "
                              f"{n} residues of {frames_path}")
         feat_seq = str(h.attrs.get("sequence", sequence))
