@@ -1,5 +1,7 @@
 # Distributed block-causal training: one job running torchrun over its GPUs (one CPU process on a laptop).
-# Rerunning the rule resumes from runs/{run}/checkpoints/last.pt (not an output: Snakemake would delete it).
+# Rerunning the rule resumes from runs/{run}/checkpoints/last.pt (not an output: Snakemake would delete it); when the
+# rerun is due to changed params or inputs, that last.pt is another experiment's, and --restart-if-changed moves it
+# aside (runs/{run}/checkpoints.superseded-<UTC time>/) instead of failing.
 
 
 rule train:
@@ -30,4 +32,4 @@ rule train:
         "torchrun --standalone --nproc-per-node $nproc -m starmd train "
         "--frames {input.frames} --features {input.features} "
         "--val-frames {input.val_frames} --val-features {input.val_features} "
-        "--run-dir {params.run_dir} --config-json {params.cfg:q} >> {log} 2>&1"
+        "--run-dir {params.run_dir} --config-json {params.cfg:q} --restart-if-changed >> {log} 2>&1"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import h5py
@@ -71,6 +72,38 @@ def test_cli_trains_checkpoints_logs_and_resumes(files, tmp_path):
     # a changed science setting is refused instead of silently mixing two runs
     assert cli.main(_argv(files, run, {**TRAINING, "tau_max": 0.0})) == 1
     assert cli.main(_argv(files, run, {**TRAINING, "bogus": 1})) == 1
+
+    # --restart-if-changed (what the Snakemake rule passes: it reruns train exactly when params or inputs changed)
+    # moves the other experiment's checkpoints aside, never deleting them, and trains from step 0
+    assert cli.main([*_argv(files, run, {**TRAINING, "tau_max": 0.0}), "--restart-if-changed"]) == 0
+    [superseded] = run.glob("checkpoints.superseded-*")
+    assert load_checkpoint(superseded / "last.pt")["step"] == 6
+    restarted = load_checkpoint(run / "checkpoints" / "final.pt")
+    assert restarted["step"] == 4 and restarted["config"]["training"]["tau_max"] == 0.0
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    # same config and same files: resume as before (a requeued job), nothing moved aside
+    assert cli.main([*_argv(files, run, {**TRAINING, "tau_max": 0.0, "steps": 5}), "--restart-if-changed"]) == 0
+    assert load_checkpoint(run / "checkpoints" / "final.pt")["step"] == 5
+    assert len(list(run.glob("checkpoints.superseded-*"))) == 1
+
+
+def test_rewritten_input_file_is_another_experiment(files, tmp_path):
+    """A regenerated frames file (new mtime) must not be resumed into: Snakemake reruns train for it."""
+    run = tmp_path / "run"
+    assert cli.main(_argv(files, run, TRAINING, val=False)) == 0
+    frames = files[0][0]
+    st = frames.stat()
+    try:
+        os.utime(frames, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+        assert cli.main(_argv(files, run, {**TRAINING, "steps": 5}, val=False)) == 1
+        assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 4  # refused, untouched
+        assert cli.main([*_argv(files, run, {**TRAINING, "steps": 5}, val=False), "--restart-if-changed"]) == 0
+    finally:
+        os.utime(frames, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert load_checkpoint(run / "checkpoints" / "final.pt")["step"] == 5
+    [superseded] = run.glob("checkpoints.superseded-*")
+    assert load_checkpoint(superseded / "final.pt")["step"] == 4
 
 
 def _trainer(files, run_dir: Path, **training) -> Trainer:

@@ -54,3 +54,10 @@ def sha256sum(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def file_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
+    """Path, size and modification time: cheap to take for GBs of inputs, and it changes whenever a file is
+    rewritten, which is also when Snakemake reruns the jobs that read it."""
+    st = os.stat(path)
+    return {"path": str(path), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}

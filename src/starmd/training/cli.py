@@ -2,7 +2,10 @@
 
 Single process (CPU or one GPU):  python -m starmd train --frames ... --features ... --run-dir runs/x --config-json ..
 Several GPUs / nodes:             torchrun --nproc-per-node 4 -m starmd train <same arguments>
-Rerunning the same command resumes from `run_dir/checkpoints/last.pt`.
+Rerunning the same command resumes from `run_dir/checkpoints/last.pt`. A last.pt written with a different config or
+different input files is refused, or with --restart-if-changed moved aside (checkpoints.superseded-<UTC time>/) so that
+training starts afresh: the Snakemake rule passes it, since Snakemake reruns `train` exactly when its params or
+inputs changed, while a requeued job (same config, same files) still resumes.
 
 Exit status: 0 done (final.pt written); 75 stopped by SIGUSR1/SIGTERM after saving last.pt (rerun to resume, see
 starmd.training.signals); 1 failed (bad input, non-finite loss K steps in a row).
@@ -21,6 +24,7 @@ import torch
 
 from starmd.diffusion import SE3Diffuser
 from starmd.features.io import check_features
+from starmd.io import file_fingerprint
 from starmd.model import StarMD
 from starmd.training.config import TrainingConfig
 from starmd.training.dataset import FrameWindowDataset
@@ -74,6 +78,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--val-features", nargs="*", default=[], help="validation features, same order as --val-frames")
     p.add_argument("--run-dir", required=True, help="run directory (checkpoints/, metrics.jsonl)")
     p.add_argument("--config-json", default="{}", help='{"training": {...}, "model": {...}, "diffusion": {...}}')
+    p.add_argument("--restart-if-changed", action="store_true",
+                   help="move a checkpoints/ of a different config or different input files aside and start afresh "
+                        "(default: refuse)")
     p.add_argument("--device", default=None, help="torch device (default: cuda:LOCAL_RANK if available, else cpu)")
     return p
 
@@ -94,10 +101,13 @@ def main(argv: list[str] | None = None) -> int:
                                        **data_kw) if args.val_frames else None)
         c_s_in, c_z_in = feature_dims(list(args.features) + list(args.val_features))
         config["features"] = {"c_s": c_s_in, "c_z": c_z_in}
+        config["data"] = {key: [file_fingerprint(p) for p in getattr(args, key)]
+                          for key in ("frames", "features", "val_frames", "val_features")}
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank (DDP also broadcasts them)
         model = build_model(config, c_s_in, c_z_in)
         trainer = Trainer(model=model, diffuser=build_diffuser(config), cfg=cfg, config=config,
-                          train_data=train_data, val_data=val_data, run_dir=args.run_dir, env=env)
+                          train_data=train_data, val_data=val_data, run_dir=args.run_dir, env=env,
+                          restart_if_changed=args.restart_if_changed)
         trainer.fit()
         log.info("training finished: %s", trainer.final_path)
         return 0

@@ -42,6 +42,10 @@ class NonFiniteLoss(RuntimeError):
     """K optimizer steps in a row had a non-finite loss or gradient norm; last.pt is the last good state."""
 
 
+class StaleRun(ValueError):
+    """last.pt belongs to another experiment: its config or its input files differ from this run's."""
+
+
 def _to_device(batch: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """Move a batch; floating tensors take the model's dtype (float64 in the exactness tests)."""
     return {k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype, non_blocking=True)
@@ -49,16 +53,27 @@ def _to_device(batch: dict[str, torch.Tensor], device: torch.device, dtype: torc
 
 
 def _check_resumable(ckpt_config: dict[str, Any], config: dict[str, Any], path: Path) -> None:
-    """A run dir may only be resumed with the same science; logging/step-count keys may change."""
+    """A run dir may only be resumed with the same science and the same input files; logging/step-count keys may
+    change. Raises StaleRun naming what differs."""
     for section in ("model", "diffusion"):
         if ckpt_config.get(section) != config.get(section):
-            raise ValueError(f"{path}: was trained with a different {section!r} config; resume needs the same "
-                             f"config (use a new run directory or delete {path.parent})")
+            raise StaleRun(f"{path}: was trained with a different {section!r} config; resume needs the same "
+                           f"config (use a new run directory or delete {path.parent})")
     old, new = ckpt_config.get("training", {}), config.get("training", {})
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUMABLE_KEYS)
     if changed:
-        raise ValueError(f"{path}: training config keys {changed} differ from the run being resumed; only "
-                         f"{sorted(RESUMABLE_KEYS)} may change (use a new run directory or delete {path.parent})")
+        raise StaleRun(f"{path}: training config keys {changed} differ from the run being resumed; only "
+                       f"{sorted(RESUMABLE_KEYS)} may change (use a new run directory or delete {path.parent})")
+    changed_files = _changed_files(ckpt_config.get("data") or {}, config.get("data") or {})
+    if changed_files:
+        raise StaleRun(f"{path}: was trained on different input files (changed, added or removed: {changed_files}); "
+                       f"use a new run directory or delete {path.parent}")
+
+
+def _changed_files(old: dict[str, list[dict]], new: dict[str, list[dict]]) -> list[str]:
+    """Paths whose fingerprint (starmd.io.file_fingerprint) differs between two `data` sections, or is in one only."""
+    a, b = ({f["path"]: f for files in d.values() for f in files} for d in (old, new))
+    return sorted(p for p in set(a) | set(b) if a.get(p) != b.get(p))
 
 
 class Trainer:
@@ -66,8 +81,9 @@ class Trainer:
 
     def __init__(self, *, model: torch.nn.Module, diffuser: Any, cfg: TrainingConfig, config: dict[str, Any],
                  train_data: FrameWindowDataset, val_data: FrameWindowDataset | None, run_dir: str | Path,
-                 env: DistEnv) -> None:
+                 env: DistEnv, restart_if_changed: bool = False) -> None:
         self.cfg, self.config, self.env, self.diffuser = cfg, config, env, diffuser
+        self.restart_if_changed = restart_if_changed
         self.train_data, self.val_data = train_data, val_data
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
@@ -108,7 +124,14 @@ class Trainer:
             torch.manual_seed(self.cfg.seed * 1000 + self.env.rank)
             return
         ckpt = load_checkpoint(self.last_path)  # CPU: RNG states must stay CPU tensors; load_state_dict moves weights
-        _check_resumable(ckpt["config"], self.config, self.last_path)
+        try:
+            _check_resumable(ckpt["config"], self.config, self.last_path)
+        except StaleRun as exc:
+            if not self.restart_if_changed:
+                raise
+            self.supersede(exc)
+            torch.manual_seed(self.cfg.seed * 1000 + self.env.rank)
+            return
         self.model.load_state_dict(ckpt["model"])
         self.ema.load_state_dict(ckpt["ema"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -126,6 +149,20 @@ class Trainer:
         if self.env.is_main:
             self.history.truncate_after(self.step)
             log.info("resumed %s at step %d", self.last_path, self.step)
+
+    def supersede(self, reason: StaleRun) -> None:
+        """Move checkpoints/ of another experiment aside (never delete: it may be days of GPU time) and start afresh."""
+        barrier()  # every rank has read last.pt before rank 0 moves it
+        if self.env.is_main:
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            dest = self.run_dir / f"checkpoints.superseded-{stamp}"
+            n = 1
+            while dest.exists():
+                n += 1
+                dest = self.run_dir / f"checkpoints.superseded-{stamp}-{n}"
+            self.ckpt_dir.rename(dest)
+            log.warning("%s; moved %s to %s and starting this run from step 0", reason, self.ckpt_dir, dest)
+        barrier()
 
     # --- one optimizer step --------------------------------------------------------------------------------------------
     def train_step(self, micro_batches: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
