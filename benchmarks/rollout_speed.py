@@ -1,6 +1,7 @@
 """Rollout speed vs MD: simulated ns/day of starmd rollout (demo- and paper-scale model, several reverse-step counts)
-against OpenMM MD of the same protein (amber14 + GBn2 implicit solvent, 2 fs, CPU platform, the same thread count),
-all in one run; and per-frame rollout time vs context length L, with the KV cache and without it (full recompute).
+against OpenMM MD of the same protein (amber14 + GBn2 implicit solvent, 2 fs), all in one run on the same hardware:
+CPU (starmd fp32, OpenMM's CPU platform, the same thread count) or GPU (starmd bf16 as `rollout.bf16`, OpenMM's CUDA
+platform in mixed precision); and per-frame rollout time vs context length L, with the KV cache and without it.
 
 The models are random-init unless trained weights are given elsewhere: speed depends on the shapes, not the weights.
 Proteins are the demo proteins (config `demo`), built exactly as prepare-demo builds them (starmd.data.demo).
@@ -27,10 +28,34 @@ _S_PER_DAY = 86400.0
 log = logging.getLogger("bench.rollout_speed")
 
 
-def openmm_ns_per_day(sequence: str, demo: DemoConfig, timestep_fs: float, n_steps: int, threads: int
-                      ) -> tuple[float, Rigid, int]:
-    """Time n_steps of Langevin MD (after minimisation and 100 warm-up steps); returns (ns/day, backbone frames
-    Rigid [N] of the start structure in Angstrom, atom count)."""
+def resolve_device(name: str) -> str:
+    """`auto` is cuda when torch sees a GPU, else cpu."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("benchmarks.rollout_speed.device is 'cuda' but torch sees no GPU (use 'auto' or 'cpu')")
+    return name
+
+
+def md_platform(device: str, threads: int) -> tuple[str, dict[str, str]]:
+    """The OpenMM platform (name, properties) on the same hardware as the starmd rollout: comparing a GPU rollout
+    with CPU MD would flatter the model by the GPU's speed-up of MD, so a missing CUDA platform is an error."""
+    import openmm
+
+    if device == "cpu":
+        return "CPU", {"Threads": str(threads)}
+    names = [openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())]
+    if "CUDA" not in names:
+        raise ValueError(f"benchmarks.rollout_speed.device is {device!r} but OpenMM {openmm.__version__} has no CUDA "
+                         f"platform (has {names}); install it with pip install -e '.[cuda]' (the openmm-cuda-12 "
+                         f"package), or set benchmarks.rollout_speed.device: cpu")
+    return "CUDA", {"Precision": "mixed", "DeviceIndex": "0"}
+
+
+def openmm_ns_per_day(sequence: str, demo: DemoConfig, timestep_fs: float, n_steps: int,
+                      platform: tuple[str, dict[str, str]]) -> tuple[float, Rigid, int]:
+    """Time n_steps of Langevin MD on `platform` (after minimisation and 100 warm-up steps); returns (ns/day,
+    backbone frames Rigid [N] of the start structure in Angstrom, atom count)."""
     import openmm
     from openmm import app, unit
 
@@ -42,8 +67,7 @@ def openmm_ns_per_day(sequence: str, demo: DemoConfig, timestep_fs: float, n_ste
     integrator = openmm.LangevinMiddleIntegrator(demo.temperature_k * unit.kelvin, demo.friction_per_ps / unit.picosecond,
                                                  timestep_fs * unit.femtoseconds)
     integrator.setRandomNumberSeed(demo.replica_seeds[0])
-    sim = app.Simulation(topology, system, integrator, openmm.Platform.getPlatformByName("CPU"),
-                         {"Threads": str(threads)})
+    sim = app.Simulation(topology, system, integrator, openmm.Platform.getPlatformByName(platform[0]), platform[1])
     sim.context.setPositions(positions)
     sim.minimizeEnergy(maxIterations=demo.minimize_max_iterations)
     sim.context.setVelocitiesToTemperature(demo.temperature_k * unit.kelvin, demo.replica_seeds[0])
@@ -60,13 +84,13 @@ def openmm_ns_per_day(sequence: str, demo: DemoConfig, timestep_fs: float, n_ste
     return n_steps * timestep_fs * 1e-6 / wall * _S_PER_DAY, frames, topology.getNumAtoms()
 
 
-def rollout_ns_per_day(settings: dict, scale: str, frames: Rigid, steps: int) -> dict:
+def rollout_ns_per_day(settings: dict, scale: str, frames: Rigid, steps: int, device: str) -> dict:
     """Median wall time per generated frame (a steps=1 warm-up rollout runs first; the median resists a frame
     stalled by other load) -> simulated ns/day of one trajectory at delta_t_ps per frame."""
     cfg = settings["rollout_speed"]
     common = {"model_kwargs": settings[scale], "feature_dims": settings["feature_dims"], "n_res": frames.shape[0],
               "seed": settings["seed"], "threads": settings["threads"], "delta_t_ps": cfg["delta_t_ps"],
-              "start_frames": frames}
+              "start_frames": frames, "device": device, "bf16": device == "cuda"}
     timed_rollout(n_frames=1, steps=1, **common)
     run = timed_rollout(n_frames=cfg["n_frames"], steps=steps, **common)
     per_frame = float(np.median(run["frame_s"]))
@@ -74,12 +98,13 @@ def rollout_ns_per_day(settings: dict, scale: str, frames: Rigid, steps: int) ->
             "ns_per_day": cfg["delta_t_ps"] * 1e-3 / per_frame * _S_PER_DAY}
 
 
-def per_frame_vs_context(settings: dict, frames: Rigid) -> dict:
+def per_frame_vs_context(settings: dict, frames: Rigid, device: str) -> dict:
     """Per-frame time of one long demo-scale rollout with the cache, and of a shorter one without it."""
     cfg = settings["rollout_speed"]
     common = {"model_kwargs": settings["demo_model"], "feature_dims": settings["feature_dims"],
               "n_res": frames.shape[0], "seed": settings["seed"], "threads": settings["threads"],
-              "steps": cfg["per_frame_steps"], "delta_t_ps": cfg["delta_t_ps"], "start_frames": frames}
+              "steps": cfg["per_frame_steps"], "delta_t_ps": cfg["delta_t_ps"], "start_frames": frames,
+              "device": device, "bf16": device == "cuda"}
     cached = timed_rollout(n_frames=cfg["per_frame_n_frames"], **common)["frame_s"]
     out = {"n_res": frames.shape[0], "steps": cfg["per_frame_steps"], "cached_frame_s": cached}
     # Frame l attends to l held frames (the start + l - 1 generated); fit the growth over the second half.
@@ -99,7 +124,7 @@ def per_frame_vs_context(settings: dict, frames: Rigid) -> dict:
     return out
 
 
-def plot(proteins: list[dict], context: dict, path: Path) -> None:
+def plot(proteins: list[dict], context: dict, hardware: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -118,7 +143,7 @@ def plot(proteins: list[dict], context: dict, path: Path) -> None:
                 colours.append("tab:blue" if scale == "demo_model" else "tab:orange")
     ax0.bar(range(len(values)), values, color=colours)
     ax0.set_xticks(range(len(values)), labels, rotation=90, fontsize=6)
-    ax0.set(yscale="log", ylabel="simulated ns / day (one trajectory)", title="starmd rollout vs OpenMM (CPU)")
+    ax0.set(yscale="log", ylabel="simulated ns / day (one trajectory)", title=f"starmd rollout vs OpenMM ({hardware})")
     ls = np.arange(1, len(context["cached_frame_s"]) + 1)
     ax1.plot(ls, context["cached_frame_s"], "o-", ms=3, label="KV cache")
     if "recomputed_frame_s" in context:
@@ -143,16 +168,18 @@ def main(argv: list[str] | None = None) -> int:
     if not demo.proteins:
         raise ValueError("--demo-json: demo.proteins is empty; the speed benchmark needs at least one protein")
     cfg = settings["rollout_speed"]
+    device = resolve_device(cfg["device"])
+    platform = md_platform(device, settings["threads"])
     proteins, first_frames = [], None
     for protein in demo.proteins:
         name, sequence = protein["name"], demo.protein(protein["name"])["sequence"]
         md_ns_day, frames, n_atoms = openmm_ns_per_day(sequence, demo, cfg["md_timestep_fs"], cfg["md_steps"],
-                                                       settings["threads"])
+                                                       platform)
         first_frames = frames if first_frames is None else first_frames
         entry = {"name": name, "n_res": len(sequence), "n_atoms": n_atoms, "openmm_ns_per_day": md_ns_day,
                  "starmd": {}}
         for scale in SCALES:
-            runs = [rollout_ns_per_day(settings, scale, frames, steps) for steps in cfg["steps"]]
+            runs = [rollout_ns_per_day(settings, scale, frames, steps, device) for steps in cfg["steps"]]
             for r in runs:
                 r["speedup_over_openmm"] = r["ns_per_day"] / md_ns_day
             entry["starmd"][scale] = runs
@@ -161,15 +188,18 @@ def main(argv: list[str] | None = None) -> int:
                  {s: [round(r["ns_per_day"], 1) for r in runs] for s, runs in entry["starmd"].items()})
     results = {
         "proteins": proteins,
-        "per_frame_vs_context": per_frame_vs_context(settings, first_frames),
-        "openmm": {"forcefield": demo.forcefield, "implicit_solvent": demo.implicit_solvent, "platform": "CPU",
-                   "integrator": "LangevinMiddleIntegrator", "timestep_fs": cfg["md_timestep_fs"],
-                   "constraints": "HBonds", "hydrogen_mass": "unmodified", "threads": settings["threads"]},
-        "note": "random-init starmd models (speed does not depend on the weights), one trajectory per rollout, fp32 "
-                "on CPU; ns/day = delta_t_ps per frame / wall time per frame",
+        "per_frame_vs_context": per_frame_vs_context(settings, first_frames, device),
+        "device": device,
+        "openmm": {"forcefield": demo.forcefield, "implicit_solvent": demo.implicit_solvent, "platform": platform[0],
+                   "platform_properties": platform[1], "integrator": "LangevinMiddleIntegrator",
+                   "timestep_fs": cfg["md_timestep_fs"], "constraints": "HBonds", "hydrogen_mass": "unmodified",
+                   "threads": settings["threads"] if device == "cpu" else None},
+        "note": "random-init starmd models (speed does not depend on the weights), one trajectory per rollout, "
+                f"{'fp32 on CPU' if device == 'cpu' else 'bf16 autocast on the GPU'}; ns/day = delta_t_ps per frame / "
+                "wall time per frame",
     }
     write_result(args.out_json, benchmark="rollout_speed", settings=settings, results=results, started=started)
-    plot(proteins, results["per_frame_vs_context"], args.out_png)
+    plot(proteins, results["per_frame_vs_context"], "GPU" if device == "cuda" else "CPU", args.out_png)
     return 0
 
 

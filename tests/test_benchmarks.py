@@ -106,6 +106,28 @@ def test_rollout_speed_against_openmm(tmp_path):
     assert len(ctx["cached_frame_s"]) == 4 and len(ctx["recomputed_frame_s"]) == 4
     assert all(t > 0 for t in ctx["cached_frame_s"] + ctx["recomputed_frame_s"])
     assert doc["openmm"]["timestep_fs"] == 2.0 and doc["openmm"]["platform"] == "CPU"
+    assert doc["device"] == "cpu" and doc["openmm"]["platform_properties"] == {"Threads": "1"}  # auto, no GPU here
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_md_runs_on_the_rollouts_hardware():
+    """A GPU rollout is compared with OpenMM's CUDA platform, never silently with CPU MD."""
+    import openmm
+
+    module = _script("rollout_speed")
+    assert module.md_platform("cpu", 3) == ("CPU", {"Threads": "3"})
+    names = [openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())]
+    if "CUDA" in names:
+        assert module.md_platform("cuda", 3) == ("CUDA", {"Precision": "mixed", "DeviceIndex": "0"})
+    else:
+        with pytest.raises(ValueError, match=r"no CUDA platform.*openmm-cuda-12"):
+            module.md_platform("cuda", 3)
 
 
 def test_sampling_steps_on_a_trained_checkpoint(tmp_path):
@@ -135,9 +157,7 @@ def test_sampling_steps_on_a_trained_checkpoint(tmp_path):
 
 
 def test_recommend_picks_the_smallest_count_within_tolerance():
-    spec = importlib.util.spec_from_file_location("sampling_steps", REPO / "benchmarks" / "sampling_steps.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _script("sampling_steps")
     rows = [{"steps": 200, "ca_validity": 0.9, "jsd_mean": 0.30}, {"steps": 50, "ca_validity": 0.88, "jsd_mean": 0.33},
             {"steps": 20, "ca_validity": 0.80, "jsd_mean": 0.31}, {"steps": 10, "ca_validity": 0.9, "jsd_mean": 0.5}]
     assert module.recommend(rows, validity_tol=0.05, jsd_tol=0.05) == 50
