@@ -13,7 +13,8 @@ import torch
 
 from starmd.data.residues import RESTYPES, one_letter, protein_residues, sequence_to_aatype
 from starmd.geometry import Rigid, random_rotation
-from starmd.rollout.backbone import RESNAMES, backbone_atoms, backbone_topology
+from starmd.geometry.backbone import RESNAMES, backbone_atoms
+from starmd.rollout.backbone import backbone_topology
 
 VILLIN = Path(openmm.app.__file__).parent / "data" / "test.pdb"
 

@@ -23,7 +23,8 @@ import torch
 
 from starmd.geometry import Rigid
 from starmd.io import atomic_path
-from starmd.rollout.backbone import backbone_atoms, backbone_topology
+from starmd.geometry.backbone import backbone_atoms
+from starmd.rollout.backbone import backbone_topology
 
 FORMAT_VERSION = 1
 _NM_PER_A = 0.1

@@ -32,6 +32,7 @@ class TrainingConfig:
     rot_loss_weight: float = 1.0
     trans_loss_weight: float = 1.0
     dist_loss_weight: float = 0.0  # auxiliary CA pair-distance loss (FrameDiff-style); 0 = off
+    dist_loss_atoms: str = "backbone"  # "backbone" (N, CA, C; FrameDiff) or "ca"
     dist_loss_cutoff: float = 6.0  # Angstrom: only pairs closer than this in the clean frame
     dist_loss_t_max: float = 0.25  # only target frames with t below this (near-clean predictions)
     lr: float = 1e-4
@@ -61,6 +62,8 @@ class TrainingConfig:
             raise ValueError(f"training.strides must be a non-empty list of ints >= 1, got {self.strides}")
         if self.centre not in ("per_frame", "first_frame"):
             raise ValueError(f"training.centre must be 'per_frame' or 'first_frame', got {self.centre!r}")
+        if self.dist_loss_atoms not in ("backbone", "ca"):
+            raise ValueError(f"training.dist_loss_atoms must be 'backbone' or 'ca', got {self.dist_loss_atoms!r}")
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"training.schedule must be 'cosine' or 'constant', got {self.schedule!r}")
         if not 0 < self.t_min < 1:

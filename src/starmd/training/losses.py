@@ -5,8 +5,10 @@ Context frames are the clean frames re-noised to tau (tau_max = 0: exactly clean
 to t. The network predicts x0 for every target; the losses follow FrameDiff:
   rot   |(s_rot(R_t | R_0) - s_rot(R_t | R_0_pred)) / rot_score_scaling(t)|^2  (IGSO3 score matching, O(1) at all t)
   trans |(x0_pred - x0) * coordinate_scaling|^2                                (x0 loss in nm)
-  dist  (|x_i - x_j|_pred - |x_i - x_j|) ^ 2 * coordinate_scaling^2 over CA pairs closer than dist_loss_cutoff
-        in the clean frame, for targets with t < dist_loss_t_max (auxiliary, FrameDiff's distance-matrix loss)
+  dist  (|x_a - x_b|_pred - |x_a - x_b|) ^ 2 * coordinate_scaling^2 over atom pairs closer than dist_loss_cutoff
+        in the clean frame, for targets with t < dist_loss_t_max (auxiliary, FrameDiff's distance-matrix loss);
+        atoms: N, CA, C of every residue placed by the frames (`dist_loss_atoms: backbone`), or CA only (`ca`).
+        Through N and C the loss sees the rotations, so it also fixes the peptide bonds C(i)-N(i+1).
 Each part is a masked mean over a window's residues and frames, then a plain mean over windows, so the mean of
 per-rank losses (what DDP's gradient averaging computes) equals the loss of the global batch.
 
@@ -21,6 +23,7 @@ from typing import Any
 import torch
 
 from starmd.geometry import Rigid
+from starmd.geometry.backbone import IDEAL_LOCAL, RESNAMES
 from starmd.training.config import TrainingConfig
 
 
@@ -32,6 +35,17 @@ def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """x, mask [B, ...] -> [B]: mean of x over the masked entries of each window."""
     dims = tuple(range(1, x.dim()))
     return (x * mask).sum(dims) / mask.sum(dims).clamp_min(1)
+
+
+def _loss_atoms(frames: Rigid, atoms: str) -> torch.Tensor:
+    """Atom positions [..., N A, 3] (A) for the distance loss: CA (A = 1) or N, CA, C (A = 3, residue-major), the
+    latter placed with alanine's ideal local geometry for every residue (the training batch carries no sequence;
+    other residue types differ by < 0.05 A)."""
+    if atoms == "ca":
+        return frames.trans
+    local = IDEAL_LOCAL[RESNAMES.index("ALA"), :2].to(dtype=frames.dtype, device=frames.device)  # N, C [2, 3]
+    n, c = frames.apply(local[0]), frames.apply(local[1])  # [..., N, 3]
+    return torch.stack([n, frames.trans, c], dim=-2).flatten(-3, -2)
 
 
 def compute_loss(model: torch.nn.Module, diffuser: Any, batch: dict[str, torch.Tensor],
@@ -71,11 +85,13 @@ def compute_loss(model: torch.nn.Module, diffuser: Any, batch: dict[str, torch.T
     parts = {"rot": _masked_mean(rot, mask).mean(), "trans": _masked_mean(trans, mask).mean()}
     loss = cfg.rot_loss_weight * parts["rot"] + cfg.trans_loss_weight * parts["trans"]
     if cfg.dist_loss_weight > 0:
-        d_true = torch.cdist(rigids_0.trans, rigids_0.trans)  # [B, L, N, N]
-        d_pred = torch.cdist(pred.trans, pred.trans)
-        pair_mask = (mask[..., :, None] * mask[..., None, :] * (d_true < cfg.dist_loss_cutoff)
-                     * (t < cfg.dist_loss_t_max)[..., None, None])  # [B, L, N, N]
-        pair_mask = pair_mask * (1 - torch.eye(mask.shape[-1], dtype=dtype, device=device))
+        x_true, x_pred = (_loss_atoms(r, cfg.dist_loss_atoms) for r in (rigids_0, pred))  # [B, L, N A, 3]
+        atom_mask = mask.repeat_interleave(x_true.shape[-2] // mask.shape[-1], dim=-1)  # [B, L, N A]
+        d_true = torch.cdist(x_true, x_true)  # [B, L, N A, N A]
+        d_pred = torch.cdist(x_pred, x_pred)
+        pair_mask = (atom_mask[..., :, None] * atom_mask[..., None, :] * (d_true < cfg.dist_loss_cutoff)
+                     * (t < cfg.dist_loss_t_max)[..., None, None])  # [B, L, N A, N A]
+        pair_mask = pair_mask * (1 - torch.eye(atom_mask.shape[-1], dtype=dtype, device=device))
         parts["dist"] = _masked_mean(((d_pred - d_true) * scale) ** 2, pair_mask).mean()
         loss = loss + cfg.dist_loss_weight * parts["dist"]
     return {"loss": loss, **parts}

@@ -1,0 +1,74 @@
+"""The auxiliary distance loss: zero for a perfect prediction, blind to rotations with CA atoms, not with N, CA, C."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from starmd.diffusion import SE3Diffuser
+from starmd.geometry import Rigid, rotvec_to_rotmat
+from starmd.geometry.backbone import IDEAL_LOCAL, RESNAMES
+from starmd.training.config import TrainingConfig
+from starmd.training.dataset import FrameWindowDataset, collate
+from starmd.training.losses import compute_loss
+from training_data import make_two_proteins
+
+
+class FixedPrediction(torch.nn.Module):
+    """Stands in for the network: returns a given x0 prediction, so the loss itself is what is tested."""
+
+    def __init__(self, pred: Rigid) -> None:
+        super().__init__()
+        self.pred = pred
+
+    def forward(self, *args, **kwargs) -> dict:
+        return {"pred_rigids": self.pred}
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory) -> dict[str, torch.Tensor]:
+    frames, features = make_two_proteins(tmp_path_factory.mktemp("proteins"))
+    data = FrameWindowDataset(frames=frames, features=features, num_frames=2, strides=[1], crop_size=12,
+                              centre="per_frame", seed=0)
+    return {k: v.double() if v.is_floating_point() else v for k, v in collate([data[0], data[1]]).items()}
+
+
+def _dist(batch: dict, pred: Rigid, atoms: str) -> float:
+    cfg = TrainingConfig.from_dict({"dist_loss_weight": 1.0, "dist_loss_atoms": atoms, "dist_loss_t_max": 1.0})
+    return float(compute_loss(FixedPrediction(pred), SE3Diffuser(), batch, cfg)["dist"])
+
+
+def test_distance_loss_sees_rotations_only_through_backbone_atoms(batch):
+    truth = Rigid(batch["rots"], batch["trans"])
+    assert _dist(batch, truth, "ca") == 0 and _dist(batch, truth, "backbone") == 0
+    # rotate every residue 30 degrees about its own CA: CA positions (and CA distances) stay exact
+    turn = rotvec_to_rotmat(torch.tensor([0.0, 0.0, math.radians(30)], dtype=torch.float64))
+    turned = Rigid(batch["rots"] @ turn, batch["trans"])
+    assert _dist(batch, turned, "ca") == pytest.approx(0, abs=1e-12)
+    assert _dist(batch, turned, "backbone") > 1e-4
+
+
+def test_backbone_distance_loss_value(batch):
+    """One window, one frame, by hand: N, CA, C from alanine's ideal geometry, pairs < 6 A in the truth, nm^2."""
+    truth = Rigid(batch["rots"], batch["trans"])
+    shifted = Rigid(batch["rots"], batch["trans"] * 1.1)  # stretch every distance by 10 %
+    got = _dist(batch, shifted, "backbone")
+    expected = []
+    local = IDEAL_LOCAL[RESNAMES.index("ALA"), :2]
+    for w in range(batch["rots"].shape[0]):
+        per_frame = []
+        n_res = int(batch["res_mask"][w].sum())
+        for f in range(batch["rots"].shape[1]):
+            def atoms(r: Rigid) -> np.ndarray:
+                r = r[w, f, :n_res]
+                return torch.stack([r.apply(local[0]), r.trans, r.apply(local[1])], dim=-2).reshape(-1, 3).numpy()
+            a, b = atoms(truth), atoms(shifted)
+            d_true = np.linalg.norm(a[:, None] - a[None], axis=-1)
+            d_pred = np.linalg.norm(b[:, None] - b[None], axis=-1)
+            keep = (d_true < 6.0) & ~np.eye(len(a), dtype=bool)
+            per_frame.append(((d_pred - d_true)[keep] * 0.1) ** 2)
+        expected.append(np.concatenate(per_frame).mean())
+    assert got == pytest.approx(float(np.mean(expected)), rel=1e-9)
