@@ -151,16 +151,21 @@ def test_sampling_steps_on_a_trained_checkpoint(tmp_path):
     rows = doc["rows"]
     assert [r["steps"] for r in rows] == [4, 2, 1] and doc["reference_steps"] == 4
     for r in rows:
-        assert 0 <= r["ca_validity"] <= 1 and r["wall_s"] > 0
+        assert 0 <= r["ca_validity"] <= 1 and 0 <= r["ca_aa_validity"] <= r["ca_validity"] and r["wall_s"] > 0
+        assert r["n_frames_scored"] == 2 and r["ca_validity_se"] == pytest.approx(
+            math.sqrt(r["ca_validity"] * (1 - r["ca_validity"]) / 2))
         assert 0 <= r["jsd_mean"] <= math.sqrt(math.log(2)) + 1e-9
     assert doc["recommended_steps"] == 1  # tolerances of 1.0 admit every count, so the smallest is recommended
 
 
 def test_recommend_picks_the_smallest_count_within_tolerance():
     module = _script("sampling_steps")
-    rows = [{"steps": 200, "ca_validity": 0.9, "jsd_mean": 0.30}, {"steps": 50, "ca_validity": 0.88, "jsd_mean": 0.33},
-            {"steps": 20, "ca_validity": 0.80, "jsd_mean": 0.31}, {"steps": 10, "ca_validity": 0.9, "jsd_mean": 0.5}]
-    assert module.recommend(rows, validity_tol=0.05, jsd_tol=0.05) == 50
+    rows = [{"steps": 200, "ca_validity": 0.9, "ca_aa_validity": 0.5, "jsd_mean": 0.30},
+            {"steps": 100, "ca_validity": 0.9, "ca_aa_validity": 0.48, "jsd_mean": 0.30},
+            {"steps": 50, "ca_validity": 0.88, "ca_aa_validity": 0.3, "jsd_mean": 0.33},
+            {"steps": 20, "ca_validity": 0.80, "ca_aa_validity": 0.5, "jsd_mean": 0.31},
+            {"steps": 10, "ca_validity": 0.9, "ca_aa_validity": 0.5, "jsd_mean": 0.5}]
+    assert module.recommend(rows, validity_tol=0.05, jsd_tol=0.05) == 100  # 50 loses CA+AA validity
     assert module.recommend(rows, validity_tol=0.2, jsd_tol=0.05) == 20
     assert module.recommend(rows, validity_tol=0.05, jsd_tol=0.05, min_reference_validity=0.95) is None
 
