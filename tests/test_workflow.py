@@ -13,7 +13,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+
+from training_data import TINY_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -104,7 +107,7 @@ def test_short_ablation_horizon_is_refused(tmp_path):
 
 
 @pytest.mark.slow
-def test_rerun_does_nothing_and_a_changed_stride_reruns_only_frames(tmp_path):
+def test_rerun_does_nothing_and_a_changed_setting_reruns_only_what_depends_on_it(tmp_path):
     wf = _copy_workflow(tmp_path)
     (wf / "tiny.yaml").write_text(yaml.safe_dump(TINY_DEMO))
     _snakemake(wf, *DATA_TARGETS, "--configfile", "tiny.yaml")
@@ -124,3 +127,20 @@ def test_rerun_does_nothing_and_a_changed_stride_reruns_only_frames(tmp_path):
                                                                            "offline": {"n_rbf": 8}})))
     jobs = _jobs(_snakemake(wf, "-n", *DATA_TARGETS, "--configfile", "tiny.yaml").stdout)
     assert jobs == {"featurize": 2}, jobs
+
+    # a changed training setting retrains for real: the old run's last.pt is moved aside, not resumed or refused
+    training = {"steps": 2, "batch_size": 1, "num_frames": 2, "strides": [1], "crop_size": 8, "log_every": 1,
+                "val_every": 10, "checkpoint_every": 10, "warmup_steps": 1, "val_samples": 0}
+    ckpt = wf / "runs" / "tiny" / "checkpoints" / "final.pt"
+    for lr in (1e-3, 2e-3):
+        (wf / "tiny.yaml").write_text(yaml.safe_dump(dict(TINY_DEMO, model=TINY_MODEL,
+                                                          training=dict(training, lr=lr))))
+        if lr == 2e-3:
+            jobs = _jobs(_snakemake(wf, "-n", str(ckpt.relative_to(wf)), "--configfile", "tiny.yaml").stdout)
+            assert jobs == {"train": 1}, jobs
+        _snakemake(wf, str(ckpt.relative_to(wf)), "--configfile", "tiny.yaml")
+        assert torch.load(ckpt, weights_only=False)["config"]["training"]["lr"] == lr
+    [superseded] = (wf / "runs" / "tiny").glob("checkpoints.superseded-*")
+    # final.pt was a rule output (Snakemake deleted it before the rerun); last.pt holds the same finished state
+    old = torch.load(superseded / "last.pt", weights_only=False)
+    assert old["config"]["training"]["lr"] == 1e-3 and old["step"] == 2
