@@ -21,20 +21,12 @@ from starmd.bench.results import loglog_slope, save_figure, write_result
 from starmd.bench.workloads import timed_rollout
 from starmd.data.demo import DemoConfig, build_start_structure
 from starmd.geometry import Rigid
+from starmd.rollout.sampler import resolve_device
 
 SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "benchmarks.schema.yaml"
 SCALES = ("demo_model", "paper_model")
 _S_PER_DAY = 86400.0
 log = logging.getLogger("bench.rollout_speed")
-
-
-def resolve_device(name: str) -> str:
-    """`auto` is cuda when torch sees a GPU, else cpu."""
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("benchmarks.rollout_speed.device is 'cuda' but torch sees no GPU (use 'auto' or 'cpu')")
-    return name
 
 
 def md_platform(device: str, threads: int) -> tuple[str, dict[str, str]]:
@@ -168,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     if not demo.proteins:
         raise ValueError("--demo-json: demo.proteins is empty; the speed benchmark needs at least one protein")
     cfg = settings["rollout_speed"]
-    device = resolve_device(cfg["device"])
+    device = resolve_device(cfg["device"], "benchmarks.rollout_speed.device").type
     platform = md_platform(device, settings["threads"])
     proteins, first_frames = [], None
     for protein in demo.proteins:

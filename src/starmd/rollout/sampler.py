@@ -102,11 +102,12 @@ def iter_frames(context: Context, diffuser: SE3Diffuser, start: Rigid, cfg: Roll
         enter(frame, f * cfg.delta_t_ps)
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, key: str = "rollout.device") -> torch.device:
+    """`auto` is cuda when torch sees a GPU, else cpu; `key` names the config setting in the error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("rollout.device is 'cuda' but no CUDA device is available (use 'auto' or 'cpu')")
+        raise ValueError(f"{key} is 'cuda' but no CUDA device is available (use 'auto' or 'cpu')")
     return torch.device(name)
 
 
