@@ -31,7 +31,7 @@ class TrainingConfig:
     tau_max: float = 0.1  # contextual noise tau ~ U[0, tau_max] on context frames; 0 switches it off
     rot_loss_weight: float = 1.0
     trans_loss_weight: float = 1.0
-    dist_loss_weight: float = 0.0  # auxiliary CA pair-distance loss (FrameDiff-style); 0 = off
+    dist_loss_weight: float = 0.0  # auxiliary pair-distance loss over dist_loss_atoms (FrameDiff-style); 0 = off
     dist_loss_atoms: str = "backbone"  # "backbone" (N, CA, C; FrameDiff) or "ca"
     dist_loss_cutoff: float = 6.0  # Angstrom: only pairs closer than this in the clean frame
     dist_loss_t_max: float = 0.25  # only target frames with t below this (near-clean predictions)
