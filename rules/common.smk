@@ -35,7 +35,8 @@ def _protein_splits():
     """{split: [names]} exactly as make_splits writes them (same library call, so the DAG and the files agree)."""
     from starmd.data.splits import SplitsConfig, make_splits
 
-    return make_splits(DATASET, SplitsConfig.from_dict(config["splits"]), demo_section=config["demo"])
+    return make_splits(DATASET, SplitsConfig.from_dict(config["splits"]), demo_section=config["demo"],
+                       synthetic_section=config["synthetic"])
 
 
 SPLITS = _protein_splits()
@@ -52,6 +53,11 @@ def raw_xtcs(wildcards):
     return [f"{RAW}/{wildcards.name}/{wildcards.name}_prod_{r}_fit.xtc" for r in ("R1", "R2", "R3")]
 
 
+def truth_files(wildcards):
+    """The synthetic system's exact statistics (evaluate scores against them when present)."""
+    return [f"{RAW}/{wildcards.name}/truth.json"] if DATASET == "synthetic" else []
+
+
 def features_json(wildcards):
     """Only the chosen featurizer's settings, so tuning one featurizer never reruns the other."""
     f = wildcards.featurizer
@@ -63,9 +69,11 @@ def featurize_env(wildcards):
     return "../envs/openfold.yaml" if wildcards.featurizer == "openfold" else "../envs/starmd.yaml"
 
 
-def demo_json_arg(wildcards):
-    """make-splits needs the demo protein list only for the demo dataset."""
-    return f"--demo-json {shlex.quote(section_json('demo'))}" if DATASET == "demo" else ""
+def dataset_json_arg(wildcards):
+    """make-splits needs the protein list of the demo or synthetic dataset (and nothing for ATLAS)."""
+    if DATASET in ("demo", "synthetic"):
+        return f"--{DATASET}-json {shlex.quote(section_json(DATASET))}"
+    return ""
 
 
 def raw_dir(wildcards):

@@ -22,6 +22,26 @@ rule prepare_demo:
         "--config-json {params.cfg:q} > {log} 2>&1"
 
 
+rule prepare_synthetic:
+    """Known-answer dataset: exact normal-mode Langevin dynamics of an elastic network, 3 replicas + truth.json."""
+    output:
+        pdb="data/raw/synthetic/{name}/{name}.pdb",
+        xtc=expand("data/raw/synthetic/{{name}}/{{name}}_prod_{replica}_fit.xtc", replica=["R1", "R2", "R3"]),
+        truth="data/raw/synthetic/{name}/truth.json",
+        provenance="data/raw/synthetic/{name}/provenance.json",
+    conda:
+        "../envs/starmd.yaml"
+    log:
+        "logs/prepare_synthetic/{name}.log",
+    benchmark:
+        "benchmarks/rules/prepare_synthetic/{name}.tsv"
+    params:
+        cfg=section_json("synthetic"),
+        out_dir="data/raw/synthetic/{name}",
+    shell:
+        "python -m starmd prepare-synthetic --name {wildcards.name} --out-dir {params.out_dir} --config-json {params.cfg:q} > {log} 2>&1"
+
+
 rule download_atlas:
     """One ATLAS chain: resumable, verified download and atomic extraction."""
     output:
@@ -53,10 +73,10 @@ rule make_splits:
     params:
         cfg=section_json("splits"),
         dataset=DATASET,
-        demo_arg=demo_json_arg,
+        dataset_arg=dataset_json_arg,
     shell:
         "python -m starmd make-splits --dataset {params.dataset} --out-dir data/splits "
-        "--config-json {params.cfg:q} {params.demo_arg} > {log} 2>&1"
+        "--config-json {params.cfg:q} {params.dataset_arg} > {log} 2>&1"
 
 
 rule extract_frames:

@@ -10,6 +10,7 @@ rule evaluate:
         frames="data/frames/{name}.h5",
         raw_pdb=raw_pdb,
         raw_xtc=raw_xtcs,
+        truth=truth_files,
     output:
         f"runs/{RUN}/eval/{{name}}.json",
     log:
@@ -32,6 +33,7 @@ use rule evaluate as evaluate_ablation with:
         frames="data/frames/{name}.h5",
         raw_pdb=raw_pdb,
         raw_xtc=raw_xtcs,
+        truth=truth_files,
     output:
         f"runs/{RUN}/ablation/tau{{tau}}/eval/{{name}}.json",
     log:

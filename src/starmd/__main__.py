@@ -11,6 +11,7 @@ import sys
 
 STEPS: dict[str, str] = {
     "prepare-demo": "starmd.data.demo",
+    "prepare-synthetic": "starmd.data.synthetic",
     "download-atlas": "starmd.data.atlas",
     "make-splits": "starmd.data.splits",
     "extract-frames": "starmd.data.frames",

@@ -2,7 +2,9 @@
 
 ATLAS uses the AlphaFlow/MDGen split lists shipped as package data (`starmd/data/splits/atlas_{split}.csv`, verbatim
 from bjing2016/mdgen@81482a4), so our test set is the peers' test set. The demo takes its split from the `split`
-field of each protein in the `demo` config section. Either can be narrowed for a cheaper run: explicit name lists
+field of each protein in the `demo` config section. The synthetic known-answer system is its own train and test
+protein on purpose: the question it answers is whether the model learns the dynamics it was shown (scored against
+exact statistics, not against a held-out replica). Any of them can be narrowed for a cheaper run: explicit name lists
 replace a split, `max_seqlen` drops long chains, `limit` keeps the first n names (file order, so no seed is needed).
 """
 
@@ -22,7 +24,7 @@ from starmd.config import section_keys
 from starmd.io import atomic_path
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-DATASETS: tuple[str, ...] = ("atlas", "demo")
+DATASETS: tuple[str, ...] = ("atlas", "demo", "synthetic")
 # Splits that may not come out empty: training needs proteins, and evaluation needs held-out ones.
 _REQUIRED_NONEMPTY: tuple[str, ...] = ("train", "test")
 
@@ -113,8 +115,16 @@ def demo_splits(demo_section: Mapping[str, Any]) -> tuple[dict[str, list[str]], 
     return splits, sequences
 
 
+def synthetic_splits(synthetic_section: Mapping[str, Any]) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """The one synthetic system, in both train and test (see the module docstring)."""
+    from starmd.data.synthetic import SyntheticConfig
+
+    cfg = SyntheticConfig(**{k: v for k, v in synthetic_section.items() if k in ("name", "sequence")})
+    return {"train": [cfg.name], "val": [], "test": [cfg.name]}, {cfg.name: cfg.sequence}
+
+
 def apply_config(base: Mapping[str, list[str]], sequences: Mapping[str, str],
-                 config: SplitsConfig) -> dict[str, list[str]]:
+                 config: SplitsConfig, allow_train_test_overlap: bool = False) -> dict[str, list[str]]:
     """Narrow a dataset's split: explicit names -> `max_seqlen` filter -> `limit` (first n).
 
     Explicit names must belong to the dataset (so they can be downloaded/prepared) and stay disjoint across splits:
@@ -135,7 +145,7 @@ def apply_config(base: Mapping[str, list[str]], sequences: Mapping[str, str],
     seen: dict[str, str] = {}
     for split in SPLITS:
         for name in out[split]:
-            if name in seen:
+            if name in seen and not (allow_train_test_overlap and {seen[name], split} == {"train", "test"}):
                 raise ValueError(f"splits: protein {name!r} is in both {seen[name]!r} and {split!r}")
             seen[name] = split
     for split in _REQUIRED_NONEMPTY:
@@ -160,15 +170,18 @@ def read_split(path: str | Path) -> list[str]:
     return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
 
 
-def make_splits(dataset: str, config: SplitsConfig, demo_section: Mapping[str, Any] | None = None
-                ) -> dict[str, list[str]]:
-    """Resolve the final split lists for `dataset` ('atlas' or 'demo')."""
+def make_splits(dataset: str, config: SplitsConfig, demo_section: Mapping[str, Any] | None = None,
+                synthetic_section: Mapping[str, Any] | None = None) -> dict[str, list[str]]:
+    """Resolve the final split lists for `dataset` ('atlas', 'demo' or 'synthetic')."""
     if dataset == "atlas":
         base, sequences = atlas_splits(), atlas_sequences()
     elif dataset == "demo":
         if demo_section is None:
             raise ValueError("make-splits --dataset demo needs --demo-json (the demo config section)")
         base, sequences = demo_splits(demo_section)
+    elif dataset == "synthetic":
+        base, sequences = synthetic_splits(synthetic_section or {})
+        return apply_config(base, sequences, config, allow_train_test_overlap=True)
     else:
         raise ValueError(f"make-splits: unknown dataset {dataset!r}; expected one of {list(DATASETS)}")
     return apply_config(base, sequences, config)
@@ -187,11 +200,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", required=True, type=Path, help="writes {train,val,test}.txt here")
     parser.add_argument("--config-json", default="{}", help="the `splits` config section as JSON")
     parser.add_argument("--demo-json", default=None, help="the `demo` config section as JSON (for --dataset demo)")
+    parser.add_argument("--synthetic-json", default=None,
+                        help="the `synthetic` config section as JSON (for --dataset synthetic)")
     args = parser.parse_args(argv)
     try:
         config = SplitsConfig.from_dict(_json_arg(args.config_json, "--config-json"))
         demo = None if args.demo_json is None else _json_arg(args.demo_json, "--demo-json")
-        splits = make_splits(args.dataset, config, demo)
+        synthetic = None if args.synthetic_json is None else _json_arg(args.synthetic_json, "--synthetic-json")
+        splits = make_splits(args.dataset, config, demo, synthetic)
     except ValueError as e:
         print(f"make-splits: {e}", file=sys.stderr)
         return 2

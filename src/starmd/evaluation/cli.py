@@ -12,6 +12,7 @@ from pathlib import Path
 from starmd.evaluation.config import EvaluationConfig
 from starmd.evaluation.evaluate import evaluate_protein
 from starmd.evaluation.inputs import load_reference, load_rollout
+from starmd.evaluation.truth import load_truth
 from starmd.io import sha256sum, write_json
 
 
@@ -38,10 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     cfg = EvaluationConfig.from_json(args.config_json)
+    truth_path = args.raw_dir / "truth.json"  # only the synthetic known-answer system has one
+    truth = load_truth(truth_path) if truth_path.exists() else None
     result = evaluate_protein(args.name, load_rollout(args.rollout), load_reference(args.frames, args.raw_dir,
-                                                                                     args.name), cfg)
+                                                                                     args.name), cfg, truth)
     result["inputs"] = {"rollout": str(args.rollout), "rollout_sha256": sha256sum(args.rollout),
                         "frames": str(args.frames), "frames_sha256": sha256sum(args.frames),
-                        "raw_dir": str(args.raw_dir)}
+                        "raw_dir": str(args.raw_dir), "truth": str(truth_path) if truth else None}
     write_json(args.out, json_safe(result))
     return 0

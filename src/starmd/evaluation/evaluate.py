@@ -16,6 +16,7 @@ from starmd.evaluation import metrics as M
 from starmd.evaluation.comparators import replica_frames, thermal_noise_frames
 from starmd.evaluation.config import EvaluationConfig
 from starmd.evaluation.inputs import Reference, Rollout
+from starmd.evaluation.truth import md_segments, truth_section
 
 FORMAT_VERSION = 1
 ENSEMBLES = ("model", "oracle", "baseline_noise", "baseline_replica", "reference")
@@ -184,8 +185,12 @@ def _separation_flags(values: dict[str, float], higher_is_better: bool, margin: 
     return failed
 
 
-def evaluate_protein(name: str, rollout: Rollout, reference: Reference, cfg: EvaluationConfig) -> dict:
-    """All metrics and curves of one protein as a JSON-ready dict (README.md (Metrics) describes every entry)."""
+def evaluate_protein(name: str, rollout: Rollout, reference: Reference, cfg: EvaluationConfig,
+                     truth: dict | None = None) -> dict:
+    """All metrics and curves of one protein as a JSON-ready dict (README.md (Metrics) describes every entry).
+
+    With `truth` (the synthetic system's truth.json) every ensemble is also scored against the exact statistics
+    (`truth` block; starmd.evaluation.truth)."""
     if rollout.sequence != reference.sequence:
         raise ValueError(f"{name}: rollout sequence {rollout.sequence!r} differs from frames sequence "
                          f"{reference.sequence!r}")
@@ -248,7 +253,7 @@ def evaluate_protein(name: str, rollout: Rollout, reference: Reference, cfg: Eva
                 "hist": {k: per_ens[k]["pca_hist"] for k in ENSEMBLES},
                 "outside": {k: per_ens[k]["pca_outside"] for k in ENSEMBLES}},
     }
-    return {
+    result = {
         "format_version": FORMAT_VERSION,
         "name": name,
         "config": cfg.as_dict(),
@@ -266,3 +271,13 @@ def evaluate_protein(name: str, rollout: Rollout, reference: Reference, cfg: Eva
         "metrics": metrics,
         "curves": curves,
     }
+    if truth is not None:
+        length = min(len(t) for t in model.ca)
+        segments = md_segments(ens["oracle"].ca[0], len(model.ca), length)
+        result["truth"] = truth_section(
+            {"model": model.ca, "oracle_segments": segments,
+             **{k: ens[k].ca for k in ("oracle", "reference", "baseline_noise", "baseline_replica")}},
+            truth, spacing, cfg.pairwise_rmsd_max_frames, cfg.seed)
+        result["truth"]["oracle_segments"] = (f"{len(segments)} consecutive segments of {length} frames of MD replica "
+                                              f"{cfg.oracle_replica}: the model's sample size, the noise floor")
+    return result
