@@ -187,7 +187,9 @@ def test_residue_permutation_permutes_outputs():
 def test_padded_residues_keep_their_frames_and_do_not_influence_real_ones():
     model, x = tiny_model(), inputs()
     out = model(**x)["pred_rigids"]
-    assert max_err(out[1, :, 0], x["tgt"][1, :, 0]) < 1e-12
+    # a padded residue is never updated: it keeps its anchor frame (target 0: itself; target l: context l - 1)
+    assert max_err(out[1, :1, 0], x["tgt"][1, :1, 0]) < 1e-12
+    assert max_err(out[1, 1:, 0], x["ctx"][1, :-1, 0]) < 1e-12
     trans = x["tgt"].trans.clone()
     trans[1, :, 0] += 50.0
     out2 = model(**{**x, "tgt": Rigid(x["tgt"].rots, trans)})["pred_rigids"]

@@ -194,10 +194,11 @@ def test_cache_holds_singles_only(villin_frames, diffuser, window):
             assert context.cache.nbytes() == per_frame * context.cache.n_frames
             live.append(_live_tensor_bytes())
     assert context.cache.frames_seen == n_frames + 1
-    # live memory grows by exactly one frame of singles K/V per frame while the cache grows, then stays flat: a
-    # retained per-frame pair state (S N^2 c_z floats) or any other per-frame leftover would break the equality
+    # live memory grows by exactly one frame of singles K/V (+ its S fp32 frame times) per frame while the cache
+    # grows, then stays flat: a retained per-frame pair state (S N^2 c_z floats) or any other per-frame leftover
+    # would break the equality
     growth = np.diff(live)
-    expected = np.diff(held) * per_frame
+    expected = np.diff(held) * (per_frame + s * 4)
     np.testing.assert_array_equal(growth, expected)
     assert context.peak_nbytes == per_frame * ((window or n_frames + 1))
 

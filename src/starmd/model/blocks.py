@@ -75,30 +75,33 @@ class DiffusionBlock(nn.Module):
     """One block of the STAR-MD trunk over F frames of N residues (see module docstring for the order)."""
 
     def __init__(self, c_s: int, c_z: int, no_heads_ipa: int, c_hidden_ipa: int, no_qk_points: int,
-                 no_v_points: int, n_heads: int, c_hidden: int, transition_n: int, update_pair: bool) -> None:
+                 no_v_points: int, n_heads: int, c_hidden: int, transition_n: int, update_pair: bool,
+                 c_relative_time: int = 0) -> None:
         super().__init__()
         self.ipa = InvariantPointAttention(c_s, c_z, c_hidden_ipa, no_heads_ipa, no_qk_points, no_v_points)
         self.ipa_layer_norm = nn.LayerNorm(c_s)
-        self.st_attention = SpatioTemporalAttention(c_s, n_heads, c_hidden)
+        self.st_attention = SpatioTemporalAttention(c_s, n_heads, c_hidden, c_relative_time)
         self.transition = Transition(c_s, transition_n)
         # The last block's pair update would feed nothing (and leave DDP with unused parameters), so it is omitted.
         self.edge_transition = EdgeTransition(c_s, c_z) if update_pair else None
         self.backbone_update = BackboneUpdate(c_s)
 
     def forward(self, s: torch.Tensor, z: torch.Tensor, rigids: Rigid, res_mask: torch.Tensor,
-                attn_mask: torch.Tensor, past_kv: tuple[torch.Tensor, torch.Tensor] | None = None
+                attn_mask: torch.Tensor, past_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+                time_feats: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, Rigid, tuple[torch.Tensor, torch.Tensor]]:
         """
         Args:
             s: [B, F, N, c_s]; z: [B, F, N, N, c_z]; rigids: Rigid [B, F, N] (nm); res_mask: [B, N];
-            attn_mask: [B, 1, F N, T_past + F N] bool; past_kv: cached keys/values [B, H, T_past, C] or None.
+            attn_mask: [B, 1, F N, T_past + F N] bool; past_kv: cached keys/values [B, H, T_past, C] or None;
+            time_feats: frame-lag features for the S x T attention's relative-time bias (or None).
         Returns:
             s, z, rigids (same shapes) and this call's S x T keys/values [B, H, F N, C].
         """
         n_frames = s.shape[1]
         frame_mask = res_mask[:, None].expand(-1, n_frames, -1)  # [B, F, N]
         s = self.ipa_layer_norm(s + self.ipa(s, z, rigids, frame_mask))
-        upd, kv = self.st_attention(s.flatten(1, 2), attn_mask, past_kv)  # [B, F N, c_s]
+        upd, kv = self.st_attention(s.flatten(1, 2), attn_mask, past_kv, time_feats)  # [B, F N, c_s]
         s = s + upd.unflatten(1, (n_frames, -1))
         s = self.transition(s)
         if self.edge_transition is not None:

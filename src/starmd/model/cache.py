@@ -3,12 +3,15 @@ singles of every (re-noised) context frame, and nothing per frame for pairs.
 
 Memory is 2 x n_blocks x B x N x L x (n_heads * c_hidden) x dtype bytes: O(N L d), versus O(N^2 L c_z) had the
 per-frame pair states been cached. The static (frozen) features are projected once and held here too, but they do
-not grow with L and are reported separately (`static_nbytes`).
+not grow with L and are reported separately (`static_nbytes`); so are the last appended frame (the next target's
+anchor, O(N)) and the held frames' times (O(L), for the relative-time bias).
 """
 
 from __future__ import annotations
 
 import torch
+
+from starmd.geometry import Rigid
 
 
 def kv_cache_nbytes(n_blocks: int, n_heads: int, c_hidden: int, n_res: int, n_frames: int, batch: int = 1,
@@ -46,6 +49,8 @@ class KVCache:
         self.keys: list[torch.Tensor | None] = [None] * n_blocks  # each [B, H, L_held * N, C]
         self.values: list[torch.Tensor | None] = [None] * n_blocks
         self.frames_seen = 0  # frames ever appended (>= n_frames when a window drops old ones)
+        self.last_frame: Rigid | None = None  # [B, N]: the latest appended (re-noised) frame, the next target's anchor
+        self.frame_times: torch.Tensor | None = None  # [B, L_held] physical times of the held frames (ps)
 
     @property
     def n_res(self) -> int:
@@ -64,14 +69,19 @@ class KVCache:
         """Residue mask of the held key tokens [B, L_held * N] (frame-major)."""
         return self.res_mask.repeat(1, self.n_frames)
 
-    def push(self, kvs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Append one frame's per-block (keys, values) [B, H, N, C]; drop the oldest frame beyond the window."""
+    def push(self, kvs: list[tuple[torch.Tensor, torch.Tensor]], frame: Rigid, frame_time_ps: torch.Tensor) -> None:
+        """Append one frame's per-block (keys, values) [B, H, N, C], the frame itself (Rigid [B, N]) and its time
+        [B]; drop the oldest frame beyond the window."""
         if len(kvs) != len(self.keys):
             raise ValueError(f"KVCache holds {len(self.keys)} blocks, got keys/values for {len(kvs)}")
         keep = None if self.window is None else self.window * self.n_res
         for i, (k, v) in enumerate(kvs):
             self.keys[i] = self._grow(self.keys[i], k.detach(), keep)
             self.values[i] = self._grow(self.values[i], v.detach(), keep)
+        times = frame_time_ps[:, None] if self.frame_times is None else torch.cat([self.frame_times,
+                                                                                   frame_time_ps[:, None]], 1)
+        self.frame_times = times if self.window is None else times[:, -self.window:].clone()  # own exact storage
+        self.last_frame = frame.detach()
         self.frames_seen += 1
 
     @staticmethod

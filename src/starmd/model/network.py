@@ -3,6 +3,14 @@ rollout denoises one frame at a time against a KVCache (`init_cache`, `step`, `a
 
 Both paths go through `_denoise`, so a context frame appended to the cache computes exactly what the full forward
 computes for it, and `step` for target l equals the full forward's target l (the cache-equivalence contract).
+
+Geometry across frames (`target_anchor`). A token's rigid updates start from its *anchor* frame. With "previous"
+(default) the anchor of target frame l is context frame l - 1, so the x0 prediction of a new frame is an
+SE(3)-equivariant per-residue update of the frame before it ("stay where you were" is the zero update), and the
+FrameEncoder shows each token its noisy frame relative to the anchor. Without it ("self", the first design) a target
+is updated from its own noisy frame, which at large diffusion time says nothing about where the new frame sits: that
+model ignored its history (issue 13). Target 0 of a training window has no context frame; its anchor is itself.
+The cache holds the last appended frame (O(N)) for this, and never any pair tensor.
 """
 
 from __future__ import annotations
@@ -11,7 +19,7 @@ import torch
 from torch import nn
 
 from starmd.geometry import Rigid
-from starmd.model.attention import block_causal_mask, residue_attention_mask
+from starmd.model.attention import block_causal_mask, relative_time_features, residue_attention_mask
 from starmd.model.blocks import DiffusionBlock
 from starmd.model.cache import KVCache
 from starmd.model.frame_encoder import FrameEncoder
@@ -27,15 +35,21 @@ class StarMD(nn.Module):
     def __init__(self, *, c_s_in: int, c_z_in: int, c_s: int = 96, c_z: int = 48, n_blocks: int = 4,
                  n_heads: int = 4, c_hidden: int = 24, no_heads_ipa: int = 4, c_hidden_ipa: int = 16,
                  no_qk_points: int = 4, no_v_points: int = 8, transition_n: int = 2, c_time: int = 32,
-                 c_phys_time: int = 16, n_rbf: int = 16, rbf_max: float = 20.0, neighbour_radius: float = 8.0) -> None:
+                 c_phys_time: int = 16, n_rbf: int = 16, rbf_max: float = 20.0, neighbour_radius: float = 8.0,
+                 target_anchor: str = "previous", c_relative_time: int = 16) -> None:
         super().__init__()
+        if target_anchor not in ("previous", "self"):
+            raise ValueError(f"model.target_anchor must be 'previous' or 'self', got {target_anchor!r}")
+        if c_relative_time < 0 or c_relative_time % 2:
+            raise ValueError(f"model.c_relative_time must be an even number >= 0 (0 = off), got {c_relative_time}")
         self.c_s_in, self.c_z_in, self.n_blocks = c_s_in, c_z_in, n_blocks
+        self.target_anchor, self.c_relative_time = target_anchor, c_relative_time
         self.single_in = nn.Sequential(nn.LayerNorm(c_s_in), Linear(c_s_in, c_s))
         self.pair_in = nn.Sequential(nn.LayerNorm(c_z_in), Linear(c_z_in, c_z))
         self.frame_encoder = FrameEncoder(c_s, c_z, c_time, c_phys_time, n_rbf, rbf_max, neighbour_radius)
         self.blocks = nn.ModuleList(
             DiffusionBlock(c_s, c_z, no_heads_ipa, c_hidden_ipa, no_qk_points, no_v_points, n_heads, c_hidden,
-                           transition_n, update_pair=i < n_blocks - 1)
+                           transition_n, update_pair=i < n_blocks - 1, c_relative_time=c_relative_time)
             for i in range(n_blocks)
         )
 
@@ -51,19 +65,25 @@ class StarMD(nn.Module):
                              f"got {tuple(pair.shape)}")
         return self.single_in(single), self.pair_in(pair)
 
-    def _denoise(self, s0: torch.Tensor, z0: torch.Tensor, frames: Rigid, t: torch.Tensor,
+    def _denoise(self, s0: torch.Tensor, z0: torch.Tensor, frames: Rigid, anchors: Rigid, t: torch.Tensor,
                  frame_time_ps: torch.Tensor, delta_t_ps: torch.Tensor, res_mask: torch.Tensor,
                  attn_mask: torch.Tensor, past: KVCache | None
                  ) -> tuple[Rigid, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
-        """F frames through the trunk. frames Rigid [B, F, N] (A), t / frame_time_ps [B, F], attn_mask
+        """F frames through the trunk. frames, anchors Rigid [B, F, N] (A), t / frame_time_ps [B, F], attn_mask
         [B, 1, F N, T_past + F N]. Returns x0 prediction Rigid [B, F, N] (A), singles [B, F, N, c_s] and the
         per-block S x T keys/values [B, H, F N, C] of these frames."""
         _check_times(t, frame_time_ps, delta_t_ps)
-        s, z = self.frame_encoder(s0, z0, frames, t, frame_time_ps, delta_t_ps, res_mask)
-        rigids = frames.scale_translation(_NM_PER_ANGSTROM)
+        s, z = self.frame_encoder(s0, z0, frames, anchors, t, frame_time_ps, delta_t_ps, res_mask)
+        time_feats = None
+        if self.c_relative_time:
+            key_times = frame_time_ps if past is None or past.frame_times is None else \
+                torch.cat([past.frame_times, frame_time_ps], dim=1)  # [B, F_past + F]
+            time_feats = relative_time_features(frame_time_ps, key_times, delta_t_ps, self.c_relative_time)
+        rigids = anchors.scale_translation(_NM_PER_ANGSTROM)
         kvs = []
         for i, block in enumerate(self.blocks):
-            s, z, rigids, kv = block(s, z, rigids, res_mask, attn_mask, None if past is None else past.layer(i))
+            s, z, rigids, kv = block(s, z, rigids, res_mask, attn_mask, None if past is None else past.layer(i),
+                                     time_feats)
             kvs.append(kv)
         return rigids.scale_translation(1.0 / _NM_PER_ANGSTROM), s, kvs
 
@@ -96,8 +116,10 @@ class StarMD(nn.Module):
         token_valid = res_mask.repeat(1, 2 * n_frames)  # [B, 2 L N]
         attn_mask = residue_attention_mask(block_causal_mask(n_frames, n, window, device=res_mask.device),
                                            token_valid, token_valid)  # [B, 1, 2 L N, 2 L N]
-        pred, s, _ = self._denoise(s0, z0, Rigid.cat([ctx, tgt], dim=1), torch.cat([ctx_t, tgt_t], dim=1),
-                                   frame_time_ps.repeat(1, 2), delta_t_ps, res_mask, attn_mask, past=None)
+        tgt_anchor = tgt if self.target_anchor == "self" else Rigid.cat([tgt[:, :1], ctx[:, :-1]], dim=1)
+        pred, s, _ = self._denoise(s0, z0, Rigid.cat([ctx, tgt], dim=1), Rigid.cat([ctx, tgt_anchor], dim=1),
+                                   torch.cat([ctx_t, tgt_t], dim=1), frame_time_ps.repeat(1, 2), delta_t_ps, res_mask,
+                                   attn_mask, past=None)
         return {"pred_rigids": pred[:, n_frames:], "single": s[:, n_frames:]}
 
     # --- inference ----------------------------------------------------------------------------------------------
@@ -113,9 +135,9 @@ class StarMD(nn.Module):
             raise ValueError(f"delta_t_ps must be [B] = ({res_mask.shape[0]},), got {tuple(delta_t_ps.shape)}")
         return KVCache(s0, z0, res_mask, delta_t_ps, self.n_blocks, window)
 
-    def _single_frame(self, cache: KVCache, frame: Rigid, t: torch.Tensor, frame_time_ps: torch.Tensor
+    def _single_frame(self, cache: KVCache, frame: Rigid, anchor: Rigid, t: torch.Tensor, frame_time_ps: torch.Tensor
                       ) -> tuple[Rigid, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
-        """One frame Rigid [B, N] attending to every held frame and to itself."""
+        """One frame Rigid [B, N], updated from `anchor` [B, N], attending to every held frame and to itself."""
         b, n = cache.res_mask.shape
         if frame.shape != (b, n) or t.shape != (b,) or frame_time_ps.shape != (b,):
             raise ValueError(f"expected frame Rigid [B, N] = {(b, n)}, t [B] and frame_time_ps [B]; got "
@@ -123,8 +145,9 @@ class StarMD(nn.Module):
         key_valid = torch.cat([cache.key_mask(), cache.res_mask], dim=1)  # [B, T_past + N]
         allowed = torch.ones(n, key_valid.shape[1], dtype=torch.bool, device=key_valid.device)
         attn_mask = residue_attention_mask(allowed, cache.res_mask, key_valid)  # [B, 1, N, T_past + N]
-        pred, s, kvs = self._denoise(cache.static_single, cache.static_pair, frame.unsqueeze(1), t[:, None],
-                                     frame_time_ps[:, None], cache.delta_t_ps, cache.res_mask, attn_mask, cache)
+        pred, s, kvs = self._denoise(cache.static_single, cache.static_pair, frame.unsqueeze(1), anchor.unsqueeze(1),
+                                     t[:, None], frame_time_ps[:, None], cache.delta_t_ps, cache.res_mask, attn_mask,
+                                     cache)
         return pred[:, 0], s[:, 0], kvs
 
     def step(self, cache: KVCache, frame: Rigid, t: torch.Tensor, frame_time_ps: torch.Tensor) -> dict:
@@ -136,7 +159,8 @@ class StarMD(nn.Module):
             dict(pred_rigids=Rigid [B, N] x0 prediction (A), single=[B, N, c_s]); equal to the full forward's
             target l when the cache holds context frames 0..l-1.
         """
-        pred, s, _ = self._single_frame(cache, frame, t, frame_time_ps)
+        use_previous = self.target_anchor == "previous" and cache.last_frame is not None
+        pred, s, _ = self._single_frame(cache, frame, cache.last_frame if use_previous else frame, t, frame_time_ps)
         return {"pred_rigids": pred, "single": s}
 
     def append(self, cache: KVCache, frame: Rigid, tau: torch.Tensor, frame_time_ps: torch.Tensor) -> None:
@@ -144,8 +168,8 @@ class StarMD(nn.Module):
 
         frame: Rigid [B, N] (A); frame_time_ps: [B]. Computes exactly the full forward's context frame.
         """
-        _, _, kvs = self._single_frame(cache, frame, tau, frame_time_ps)
-        cache.push(kvs)
+        _, _, kvs = self._single_frame(cache, frame, frame, tau, frame_time_ps)
+        cache.push(kvs, frame, frame_time_ps)
 
 
 def _check_times(t: torch.Tensor, frame_time_ps: torch.Tensor, delta_t_ps: torch.Tensor) -> None:

@@ -29,6 +29,7 @@ class TrainingConfig:
     centre: str = "per_frame"  # "per_frame" or "first_frame": which CA centroid is subtracted
     t_min: float = 0.01  # target diffusion time t ~ U[t_min, 1]
     tau_max: float = 0.1  # contextual noise tau ~ U[0, tau_max] on context frames; 0 switches it off
+    train_first_target: bool = True  # target 0 of a window has no context (never so at inference); False = no loss
     rot_loss_weight: float = 1.0
     trans_loss_weight: float = 1.0
     dist_loss_weight: float = 0.0  # auxiliary pair-distance loss over dist_loss_atoms (FrameDiff-style); 0 = off

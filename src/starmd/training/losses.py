@@ -73,6 +73,8 @@ def compute_loss(model: torch.nn.Module, diffuser: Any, batch: dict[str, torch.T
                     res_mask)
     pred: Rigid = out["pred_rigids"]  # [B, L, N] x0 prediction (A)
     mask = res_mask[:, None, :].expand(b, n_frames, -1)  # [B, L, N]
+    if not cfg.train_first_target and n_frames > 1:  # target 0 sees no context, which never happens at inference
+        mask = mask * (torch.arange(n_frames, device=device) > 0).to(mask.dtype)[None, :, None]
 
     rot_score = torch.stack([o["rot_score"] for o in noised])  # [B, L, N, 3]
     rot_scaling = torch.stack([o["rot_score_scaling"] for o in noised])  # [B, L]
