@@ -135,6 +135,8 @@ def ablation_args():
 
 
 FIGURES = ["metrics_table", "stability", "rmsf", "pca_density", "autocorrelation", "training", "kv_cache_memory"]
+if DATASET == "synthetic":
+    FIGURES.append("truth_acf")  # the known-answer system is also scored against its exact statistics
 
 
 # --- benchmarks -------------------------------------------------------------------------------------------------

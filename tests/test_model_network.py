@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from starmd.geometry import Rigid, random_rotation
+from starmd.geometry import Rigid, random_rotation, rotvec_to_rotmat
 from starmd.model import KVCache, StarMD, kv_cache_nbytes, pair_cache_nbytes
 from starmd.model.frame_encoder import relative_geometry
 
@@ -254,3 +254,28 @@ def test_demo_scale_model_trains_one_step_and_denoises_with_the_cache():
         model.append(cache, clean[:, 0], x["ctx_t"][:, 0], x["frame_time_ps"][:, 0])
         out = model.step(cache, x["tgt"][:, 1], x["tgt_t"][:, 1], x["frame_time_ps"][:, 1])
     assert out["pred_rigids"].shape == (1, 6) and torch.isfinite(out["pred_rigids"].trans).all()
+
+
+def test_delta_t_changes_the_prediction():
+    model, x = tiny_model(), inputs()
+    out = model(**x)["pred_rigids"]
+    other = model(**{**x, "delta_t_ps": 2.0 * x["delta_t_ps"]})["pred_rigids"]
+    assert max_err(other[:, 1:], out[:, 1:]) > 1e-3  # every target with context (and target 0) sees Delta-t
+
+
+def test_previous_frame_anchor_makes_history_geometric():
+    """Moving the history (all context frames) rigidly while the targets' noisy frames stay put: with "self" anchors
+    the targets cannot see it (only invariant singles cross frames: the first design's blind spot, issue 13); with
+    "previous" anchors the predictions of targets with context move with it."""
+    g = rotvec_to_rotmat(torch.tensor([0.3, -0.2, 0.5], dtype=F64))
+    shift = torch.tensor([4.0, -1.0, 2.0], dtype=F64)
+    for anchor in ("self", "previous"):
+        model, x = tiny_model(target_anchor=anchor), inputs()
+        out = model(**x)["pred_rigids"]
+        moved = Rigid(g @ x["ctx"].rots, x["ctx"].trans @ g.T + shift)
+        out2 = model(**{**x, "ctx": moved})["pred_rigids"]
+        moved_by = (out2.trans[:, 1:] - out.trans[:, 1:]).norm(dim=-1)[x["res_mask"].bool()[:, None].expand(-1, 2, -1)]
+        if anchor == "self":
+            assert max_err(out2, out) < 1e-10
+        else:
+            assert moved_by.mean() > 2.0  # Angstrom; the shift alone is 4.6 A

@@ -72,3 +72,49 @@ def test_backbone_distance_loss_value(batch):
             per_frame.append(((d_pred - d_true)[keep] * 0.1) ** 2)
         expected.append(np.concatenate(per_frame).mean())
     assert got == pytest.approx(float(np.mean(expected)), rel=1e-9)
+
+
+class Recorder(torch.nn.Module):
+    """Wraps a real prediction: records what the loss hands the network (context frames and their tau)."""
+
+    def __init__(self, pred: Rigid) -> None:
+        super().__init__()
+        self.pred, self.calls = pred, []
+
+    def forward(self, single, pair, ctx, ctx_t, tgt, tgt_t, frame_time_ps, delta_t_ps, res_mask, window=None) -> dict:
+        self.calls.append({"ctx": ctx, "ctx_t": ctx_t, "tgt_t": tgt_t})
+        return {"pred_rigids": self.pred}
+
+
+@pytest.mark.parametrize("tau_max", [0.0, 0.1])
+def test_context_frames_are_noised_at_tau_and_tau_reaches_the_model(batch, tau_max):
+    clean = Rigid(batch["rots"], batch["trans"])
+    rec = Recorder(clean)
+    compute_loss(rec, SE3Diffuser(), batch, TrainingConfig.from_dict({"tau_max": tau_max}))
+    ctx, tau = rec.calls[0]["ctx"], rec.calls[0]["ctx_t"]
+    assert tau.shape == batch["trans"].shape[:2] and float(tau.min()) >= 0 and float(tau.max()) <= tau_max
+    moved = (ctx.trans - clean.trans).norm(dim=-1).mean(-1)  # [B, L] mean displacement per frame (A)
+    if tau_max == 0:
+        assert float(moved.max()) == 0 and float(tau.max()) == 0
+    else:
+        assert float(tau.max()) > 0
+        # VP-SDE noise at tau: per-coordinate sigma = sqrt(1 - exp(-int beta)) / coordinate_scaling (A)
+        integral = 0.1 * tau + 0.5 * (20.0 - 0.1) * tau**2
+        sigma = torch.sqrt(1 - torch.exp(-integral)) / 0.1
+        ratio = moved / (sigma * math.sqrt(8 / math.pi))  # mean |3-D Gaussian| = sigma sqrt(8 / pi)
+        assert 0.6 < float(ratio.mean()) < 1.4
+
+
+def test_context_window_reaches_the_model_and_rotation_threshold_drops_small_t(batch):
+    clean = Rigid(batch["rots"], batch["trans"])
+    rec = Recorder(clean)
+    rec.forward = lambda *a, window=None: (rec.calls.append({"window": window}), {"pred_rigids": clean})[1]
+    compute_loss(rec, SE3Diffuser(), batch, TrainingConfig.from_dict({"context_window": 1}))
+    compute_loss(rec, SE3Diffuser(), batch, TrainingConfig.from_dict({}))
+    assert [c["window"] for c in rec.calls] == [1, None]
+    # a wrong rotation everywhere: the loss counts it only for targets above rot_loss_t_min
+    turn = rotvec_to_rotmat(torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))
+    wrong = FixedPrediction(Rigid(batch["rots"] @ turn, batch["trans"]))
+    every = compute_loss(wrong, SE3Diffuser(), batch, TrainingConfig.from_dict({}))["rot"]
+    above = compute_loss(wrong, SE3Diffuser(), batch, TrainingConfig.from_dict({"rot_loss_t_min": 0.99}))["rot"]
+    assert float(every) > 0 and float(above) < float(every)

@@ -20,7 +20,8 @@ from matplotlib.figure import Figure
 
 from starmd.evaluation.config import EvaluationConfig
 from starmd.evaluation.report import write_html
-from starmd.evaluation.summary import COLUMNS, load_eval, mean_time_curves, rows_to_csv, rows_to_markdown, summary_rows
+from starmd.evaluation.summary import (COLUMNS, load_eval, mean_time_curves, rows_to_csv, rows_to_markdown,
+                                      summary_rows, truth_rows, truth_rows_to_markdown)
 from starmd.io import atomic_path
 from starmd.training.metrics import read_metrics
 from starmd.training.plot import training_figure
@@ -135,6 +136,24 @@ def plot_autocorrelation(evals: list[dict]):
     return fig
 
 
+def plot_truth_acf(evals: list[dict]):
+    """Slow-mode autocorrelations of the known-answer system: exact, model and MD segments of the model's size."""
+    truth_evals = [e for e in evals if "truth" in e]
+    n_modes = len(truth_evals[0]["truth"]["curves"]["model"]["acf_modes"])
+    fig, axes = plt.subplots(len(truth_evals), n_modes, figsize=(3.2 * n_modes, 2.6 * len(truth_evals)),
+                             squeeze=False)
+    for row, e in zip(axes, truth_evals):
+        curves = e["truth"]["curves"]
+        for k, ax in enumerate(row):
+            ax.plot(curves["model"]["acf_modes"][k]["exact"], "k-", lw=2, label="exact")
+            ax.plot(curves["oracle_segments"]["acf_modes"][k]["model"], color=COLORS["oracle"], label="MD, same size")
+            ax.plot(curves["model"]["acf_modes"][k]["model"], color=COLORS["model"], label="model")
+            ax.set(title=f"{e['name']}: slow mode {k + 1}", xlabel="lag (frames)", ylabel="ACF")
+    axes[0][0].legend(loc="best", fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def read_kv_bench(path: Path) -> list[dict]:
     """KV benchmark JSON: {"records": [...]} or a list; each record has n_residues, n_frames and *_bytes fields."""
     data = json.loads(path.read_text())
@@ -174,6 +193,8 @@ CAPTIONS = {
     "autocorrelation": "Autocorrelation of the reference-PC1 projection vs lag; random-order baseline for contrast.",
     "training": "Training loss and its parts (lines), EMA validation loss (markers) and learning rate vs optimiser step.",
     "kv_cache_memory": "KV-cache memory vs context length: singles cache vs pair cache, measured and analytic.",
+    "truth_acf": "Known-answer system: autocorrelation of the slowest modes (projection on the exact modes), exact vs "
+                 "model vs MD of the same size, over 3 decorrelation times.",
 }
 
 
@@ -206,7 +227,8 @@ def write_figures(evals: list[dict], ablations: dict[str, list[dict]], metrics: 
     out.mkdir(parents=True, exist_ok=True)
     shown = evals[:max_proteins]
     rows = summary_rows(evals)
-    for path, text in ((out / "metrics_table.md", rows_to_markdown(rows, len(evals))),
+    for path, text in ((out / "metrics_table.md", rows_to_markdown(rows, len(evals))
+                        + truth_rows_to_markdown(truth_rows(evals))),
                        (out / "metrics_table.csv", rows_to_csv(rows))):
         with atomic_path(path) as tmp:
             tmp.write_text(text)
@@ -215,6 +237,8 @@ def write_figures(evals: list[dict], ablations: dict[str, list[dict]], metrics: 
                (save(plot_rmsf(shown), out, "rmsf"), CAPTIONS["rmsf"]),
                (save(plot_pca_density(shown), out, "pca_density"), CAPTIONS["pca_density"]),
                (save(plot_autocorrelation(shown), out, "autocorrelation"), CAPTIONS["autocorrelation"])]
+    if truth_rows(evals):
+        figures.append((save(plot_truth_acf(evals), out, "truth_acf"), CAPTIONS["truth_acf"]))
     notes = []
     if metrics is not None:
         figures.append((save(training_figure(read_metrics(metrics), str(metrics)), out, "training"), CAPTIONS["training"]))

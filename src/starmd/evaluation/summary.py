@@ -65,6 +65,36 @@ def rows_to_markdown(rows: list[dict], n_proteins: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+TRUTH_ENSEMBLES = ("model", "oracle_segments", "oracle", "baseline_noise", "baseline_replica")
+
+
+def truth_rows(evals: list[dict]) -> list[dict]:
+    """Known-answer rows (evaluations with a `truth` block only): median over proteins per ensemble, the target and
+    on how many proteins the model meets it."""
+    with_truth = [e["truth"]["metrics"] for e in evals if "truth" in e]
+    if not with_truth:
+        return []
+    rows = []
+    for metric, first in with_truth[0].items():
+        rows.append({"metric": metric, "target": first["target"],
+                     **{ens: _median([m[metric][ens] for m in with_truth]) for ens in TRUTH_ENSEMBLES},
+                     "model_meets_target": f"{sum(m[metric]['model_meets_target'] for m in with_truth)}"
+                                           f"/{len(with_truth)}"})
+    return rows
+
+
+def truth_rows_to_markdown(rows: list[dict]) -> str:
+    """Markdown of `truth_rows` ('' when there are none)."""
+    if not rows:
+        return ""
+    columns = ("metric", "target", *TRUTH_ENSEMBLES, "model_meets_target")
+    lines = ["", "Against the exact statistics of the known-answer system (README.md (Known-answer system)); "
+             "`oracle_segments`: MD of the system cut to the model's size (the finite-sample floor).", "",
+             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_fmt(r[c]) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
 def rows_to_csv(rows: list[dict]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")

@@ -29,8 +29,10 @@ class TrainingConfig:
     centre: str = "per_frame"  # "per_frame" or "first_frame": which CA centroid is subtracted
     t_min: float = 0.01  # target diffusion time t ~ U[t_min, 1]
     tau_max: float = 0.1  # contextual noise tau ~ U[0, tau_max] on context frames; 0 switches it off
+    context_window: int = 0  # each frame sees only the K most recent context frames (0 = all; 1 = Markovian)
     train_first_target: bool = True  # target 0 of a window has no context (never so at inference); False = no loss
     rot_loss_weight: float = 1.0
+    rot_loss_t_min: float = 0.0  # rotation loss only for targets with t above this (FrameDiff: 0.2); 0 = all
     trans_loss_weight: float = 1.0
     dist_loss_weight: float = 0.0  # auxiliary pair-distance loss over dist_loss_atoms (FrameDiff-style); 0 = off
     dist_loss_atoms: str = "backbone"  # "backbone" (N, CA, C; FrameDiff) or "ca"
@@ -75,7 +77,7 @@ class TrainingConfig:
             raise ValueError(f"training.ema_decay must be in [0, 1), got {self.ema_decay}")
         if len(self.betas) != 2:
             raise ValueError(f"training.betas must have 2 entries, got {self.betas}")
-        for key in ("val_samples", "num_workers", "warmup_steps"):
+        for key in ("val_samples", "num_workers", "warmup_steps", "context_window"):
             if getattr(self, key) < 0:
                 raise ValueError(f"training.{key} must be >= 0, got {getattr(self, key)}")
 

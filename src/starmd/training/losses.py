@@ -70,7 +70,7 @@ def compute_loss(model: torch.nn.Module, diffuser: Any, batch: dict[str, torch.T
     # bf16 only inside the network (which keeps its rigids in fp32); noising and losses stay in full precision
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda"):
         out = model(batch["single"], batch["pair"], ctx, tau, tgt, t, batch["frame_time_ps"], batch["delta_t_ps"],
-                    res_mask)
+                    res_mask, window=cfg.context_window or None)
     pred: Rigid = out["pred_rigids"]  # [B, L, N] x0 prediction (A)
     mask = res_mask[:, None, :].expand(b, n_frames, -1)  # [B, L, N]
     if not cfg.train_first_target and n_frames > 1:  # target 0 sees no context, which never happens at inference
@@ -80,6 +80,7 @@ def compute_loss(model: torch.nn.Module, diffuser: Any, batch: dict[str, torch.T
     rot_scaling = torch.stack([o["rot_score_scaling"] for o in noised])  # [B, L]
     pred_rot_score = diffuser.calc_rot_score(tgt.rots, pred.rots, t)  # [B, L, N, 3]
     rot = (((rot_score - pred_rot_score) / rot_scaling[..., None, None]) ** 2).sum(-1)  # [B, L, N]
+    rot = rot * (t > cfg.rot_loss_t_min)[..., None]  # FrameDiff's threshold: the small-t score error explodes
 
     scale = diffuser.r3.coordinate_scaling
     trans = (((pred.trans - rigids_0.trans) * scale) ** 2).sum(-1)  # [B, L, N]

@@ -1,0 +1,183 @@
+"""The known-answer study (issue 13): every model change measured on the synthetic system, one table row each.
+
+    python scripts/synthetic_study.py run   --spec docs/study/synthetic_study.yaml [--jobs 2]
+    python scripts/synthetic_study.py table --spec docs/study/synthetic_study.yaml --out docs/study/
+
+`run` needs the synthetic data (`snakemake --cores all --configfile config.synthetic.yaml data/frames/enm1_A.h5
+data/features/offline/enm1_A.h5`) and trains, rolls out and evaluates each variant through the same
+`python -m starmd <step>` commands the rules use, with the variant's overrides deep-merged over config.yaml +
+config.synthetic.yaml; a variant with `checkpoint_of: <variant>` only changes the rollout and reuses that
+variant's checkpoint. Finished outputs are kept, so a rerun only does what is missing. `table` writes
+synthetic_study.{json,md,png} from the saved evaluation JSONs only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+COLUMNS = [("rmsf_r_exact", "RMSF r", "{:.2f}"), ("rmsf_ratio_exact", "RMSF ratio", "{:.2f}"),
+           ("pairwise_rmsd_rel_error_exact", "pairwise RMSD err", "{:+.2f}"),
+           ("acf_error_exact", "ACF err (3 modes)", "{:.3f}"),
+           ("rmsd_to_start_plateau_rel_error_exact", "plateau err", "{:+.2f}"),
+           ("rmsd_to_start_drift_rel", "drift", "{:+.2f}")]
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_spec(path: Path) -> tuple[dict, list[dict]]:
+    spec = yaml.safe_load(path.read_text())
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    for extra in spec.get("configfiles", ["config.synthetic.yaml"]):
+        config = deep_merge(config, yaml.safe_load((ROOT / extra).read_text()))
+    return config, spec["variants"]
+
+
+def variant_config(base: dict, variant: dict) -> dict:
+    return deep_merge(base, variant.get("overrides", {}))
+
+
+def _run(cmd: list[str], log: Path, threads: int) -> None:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    with log.open("a") as f:
+        f.write("+ " + " ".join(cmd) + "\n")
+        f.flush()
+        subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, check=True, cwd=ROOT)
+
+
+def run_variant(base: dict, variant: dict, out_root: Path, threads: int) -> Path:
+    """Train (unless reusing a checkpoint), roll out and evaluate one variant; returns its evaluation JSON."""
+    cfg = variant_config(base, variant)
+    name = cfg["synthetic"]["name"]
+    vdir = out_root / variant["name"]
+    frames, features = f"data/frames/{name}.h5", f"data/features/{cfg['features']['featurizer']}/{name}.h5"
+    train_dir = out_root / variant.get("checkpoint_of", variant["name"])
+    ckpt = train_dir / "checkpoints" / "final.pt"
+    py = sys.executable
+    if "checkpoint_of" not in variant and not ckpt.exists():
+        section = json.dumps({k: cfg[k] for k in ("training", "model", "diffusion")}, sort_keys=True)
+        _run([py, "-m", "starmd", "train", "--frames", frames, "--features", features, "--run-dir", str(train_dir),
+              "--config-json", section], vdir / "train.log", threads)
+    rollout = vdir / "rollouts" / f"{name}.h5"
+    if not rollout.exists():
+        _run([py, "-m", "starmd", "rollout", "--checkpoint", str(ckpt), "--features", features, "--frames", frames,
+              "--out", str(rollout), "--config-json", json.dumps(cfg["rollout"], sort_keys=True)],
+             vdir / "rollout.log", threads)
+    out = vdir / "eval" / f"{name}.json"
+    if not out.exists():
+        _run([py, "-m", "starmd", "evaluate", "--name", name, "--rollout", str(rollout), "--frames", frames,
+              "--raw-dir", f"data/raw/synthetic/{name}", "--out", str(out),
+              "--config-json", json.dumps(cfg["evaluation"], sort_keys=True)], vdir / "evaluate.log", threads)
+    return out
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    base, variants = load_spec(args.spec)
+    chosen = [v for v in variants if not args.only or v["name"] in args.only]
+    out_root = ROOT / args.out_root
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    trainers = [v for v in chosen if "checkpoint_of" not in v]
+    reusers = [v for v in chosen if "checkpoint_of" in v]
+    for phase in (trainers, reusers):  # a reuser needs its trainer's checkpoint
+        with ThreadPoolExecutor(args.jobs) as pool:
+            for path in pool.map(lambda v: run_variant(base, v, out_root, threads), phase):
+                print(f"done: {path}", file=sys.stderr)
+    return 0
+
+
+def collect(spec: Path, out_root: Path) -> list[dict[str, Any]]:
+    base, variants = load_spec(spec)
+    rows = []
+    for v in variants:
+        name = variant_config(base, v)["synthetic"]["name"]
+        path = out_root / v["name"] / "eval" / f"{name}.json"
+        if not path.exists():
+            rows.append({"variant": v["name"], "change": v.get("change", ""), "missing": str(path)})
+            continue
+        ev = json.loads(path.read_text())
+        truth = ev["truth"]["metrics"]
+        row = {"variant": v["name"], "change": v.get("change", ""), "eval": str(path),
+               "ca_validity": ev["metrics"]["ca_validity"]["model"],
+               "acf_error_per_mode": ev["truth"]["curves"]["model"]["acf_error_per_mode"],
+               **{m: truth[m]["model"] for m, _, _ in COLUMNS},
+               "md_segments": {m: truth[m]["oracle_segments"] for m, _, _ in COLUMNS},
+               "meets": {m: truth[m]["model_meets_target"] for m, _, _ in COLUMNS}}
+        rows.append(row)
+    return rows
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = collect(args.spec, ROOT / args.out_root)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "synthetic_study.json").write_text(json.dumps(rows, indent=2, sort_keys=True) + "\n")
+    head = ["variant", "change", "CA validity"] + [c[1] for c in COLUMNS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    done = [r for r in rows if "missing" not in r]
+    if done:
+        seg = done[0]["md_segments"]
+        lines.append("| MD, same size | exact dynamics, S segments of the rollout length | 1.00 | "
+                     + " | ".join(fmt.format(seg[m]) for m, _, fmt in COLUMNS) + " |")
+    for r in rows:
+        if "missing" in r:
+            lines.append(f"| {r['variant']} | {r['change']} | (not run) |" + " |" * len(COLUMNS))
+            continue
+        cells = [fmt.format(r[m]) + ("" if r["meets"][m] else " ✗") for m, _, fmt in COLUMNS]
+        lines.append(f"| {r['variant']} | {r['change']} | {r['ca_validity']:.2f} | " + " | ".join(cells) + " |")
+    (args.out / "synthetic_study.md").write_text("\n".join(lines) + "\n")
+    if done:
+        fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+        for k, ax in enumerate(axes):
+            first = json.loads(Path(done[0]["eval"]).read_text())["truth"]["curves"]
+            ax.plot(first["model"]["acf_modes"][k]["exact"], "k-", lw=2, label="exact")
+            for r in done:
+                acf = json.loads(Path(r["eval"]).read_text())["truth"]["curves"]["model"]["acf_modes"][k]["model"]
+                ax.plot(acf, lw=1, label=r["variant"])
+            ax.set_title(f"slow mode {k + 1}")
+            ax.set_xlabel("lag (frames)")
+        axes[0].set_ylabel("autocorrelation")
+        axes[-1].legend(fontsize=6, loc="upper right")
+        fig.tight_layout()
+        fig.savefig(args.out / "synthetic_study.png", dpi=120)
+    print("\n".join(lines))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    for name in ("run", "table"):
+        p = sub.add_parser(name)
+        p.add_argument("--spec", type=Path, default=ROOT / "docs/study/synthetic_study.yaml")
+        p.add_argument("--out-root", type=Path, default=Path("runs/study"))
+        if name == "run":
+            p.add_argument("--jobs", type=int, default=1, help="variants run at once (threads split between them)")
+            p.add_argument("--only", nargs="*", help="run only these variants")
+        else:
+            p.add_argument("--out", type=Path, default=ROOT / "docs/study")
+    args = parser.parse_args(argv)
+    return cmd_run(args) if args.cmd == "run" else cmd_table(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
