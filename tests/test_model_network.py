@@ -279,3 +279,22 @@ def test_previous_frame_anchor_makes_history_geometric():
             assert max_err(out2, out) < 1e-10
         else:
             assert moved_by.mean() > 2.0  # Angstrom; the shift alone is 4.6 A
+
+
+def test_context_motion_keeps_cache_equivalence_and_equivariance():
+    """With context_motion the context tokens see their frame relative to the one before; the cached path (which
+    keeps that frame) equals the full forward, and the output stays SE(3)-equivariant."""
+    model, x = tiny_model(context_motion=True), inputs(b=1, n_frames=3)
+    full = model(**x)["pred_rigids"]
+    cache = model.init_cache(x["single"], x["pair"], x["res_mask"], x["delta_t_ps"])
+    for l in range(3):
+        step = model.step(cache, x["tgt"][:, l], x["tgt_t"][:, l], x["frame_time_ps"][:, l])["pred_rigids"]
+        assert max_err(step, full[:, l]) < 1e-8
+        model.append(cache, x["ctx"][:, l], x["ctx_t"][:, l], x["frame_time_ps"][:, l])
+    g = rotvec_to_rotmat(torch.tensor([0.7, 0.1, -0.4], dtype=F64))
+    move = lambda r: Rigid(g @ r.rots, r.trans @ g.T + 3.0)  # noqa: E731
+    moved = model(**{**x, "ctx": move(x["ctx"]), "tgt": move(x["tgt"])})["pred_rigids"]
+    assert max_err(moved, move(full)) < 1e-8
+    # and it is a different model: the context tokens now depend on the motion between context frames
+    plain = tiny_model(context_motion=False)
+    assert max_err(plain(**x)["pred_rigids"], full) > 1e-3

@@ -11,6 +11,11 @@ FrameEncoder shows each token its noisy frame relative to the anchor. Without it
 is updated from its own noisy frame, which at large diffusion time says nothing about where the new frame sits: that
 model ignored its history (issue 13). Target 0 of a training window has no context frame; its anchor is itself.
 The cache holds the last appended frame (O(N)) for this, and never any pair tensor.
+
+Motion of the history (`context_motion`). Velocities are hidden in MD frames; with it, each context frame's tokens
+also see that frame relative to the context frame before it (the same anchor-pose invariants, P_i^-1 T_i), i.e. a
+per-residue displacement, so a target attending to its history reads motion directly instead of differencing
+conformations across frames. A context frame's rigids still start from itself.
 """
 
 from __future__ import annotations
@@ -36,14 +41,14 @@ class StarMD(nn.Module):
                  n_heads: int = 4, c_hidden: int = 24, no_heads_ipa: int = 4, c_hidden_ipa: int = 16,
                  no_qk_points: int = 4, no_v_points: int = 8, transition_n: int = 2, c_time: int = 32,
                  c_phys_time: int = 16, n_rbf: int = 16, rbf_max: float = 20.0, neighbour_radius: float = 8.0,
-                 target_anchor: str = "previous", c_relative_time: int = 16) -> None:
+                 target_anchor: str = "previous", c_relative_time: int = 16, context_motion: bool = False) -> None:
         super().__init__()
         if target_anchor not in ("previous", "self"):
             raise ValueError(f"model.target_anchor must be 'previous' or 'self', got {target_anchor!r}")
         if c_relative_time < 0 or c_relative_time % 2:
             raise ValueError(f"model.c_relative_time must be an even number >= 0 (0 = off), got {c_relative_time}")
         self.c_s_in, self.c_z_in, self.n_blocks = c_s_in, c_z_in, n_blocks
-        self.target_anchor, self.c_relative_time = target_anchor, c_relative_time
+        self.target_anchor, self.c_relative_time, self.context_motion = target_anchor, c_relative_time, context_motion
         self.single_in = nn.Sequential(nn.LayerNorm(c_s_in), Linear(c_s_in, c_s))
         self.pair_in = nn.Sequential(nn.LayerNorm(c_z_in), Linear(c_z_in, c_z))
         self.frame_encoder = FrameEncoder(c_s, c_z, c_time, c_phys_time, n_rbf, rbf_max, neighbour_radius)
@@ -65,13 +70,13 @@ class StarMD(nn.Module):
                              f"got {tuple(pair.shape)}")
         return self.single_in(single), self.pair_in(pair)
 
-    def _denoise(self, s0: torch.Tensor, z0: torch.Tensor, frames: Rigid, anchors: Rigid, t: torch.Tensor,
-                 frame_time_ps: torch.Tensor, delta_t_ps: torch.Tensor, res_mask: torch.Tensor,
+    def _denoise(self, s0: torch.Tensor, z0: torch.Tensor, frames: Rigid, anchors: Rigid, starts: Rigid,
+                 t: torch.Tensor, frame_time_ps: torch.Tensor, delta_t_ps: torch.Tensor, res_mask: torch.Tensor,
                  attn_mask: torch.Tensor, past: KVCache | None
                  ) -> tuple[Rigid, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
-        """F frames through the trunk. frames, anchors Rigid [B, F, N] (A), t / frame_time_ps [B, F], attn_mask
-        [B, 1, F N, T_past + F N]. Returns x0 prediction Rigid [B, F, N] (A), singles [B, F, N, c_s] and the
-        per-block S x T keys/values [B, H, F N, C] of these frames."""
+        """F frames through the trunk. frames, anchors (pose features) and starts (the rigids updates compose onto)
+        Rigid [B, F, N] (A), t / frame_time_ps [B, F], attn_mask [B, 1, F N, T_past + F N]. Returns x0 prediction
+        Rigid [B, F, N] (A), singles [B, F, N, c_s] and the per-block S x T keys/values [B, H, F N, C]."""
         _check_times(t, frame_time_ps, delta_t_ps)
         s, z = self.frame_encoder(s0, z0, frames, anchors, t, frame_time_ps, delta_t_ps, res_mask)
         time_feats = None
@@ -79,7 +84,7 @@ class StarMD(nn.Module):
             key_times = frame_time_ps if past is None or past.frame_times is None else \
                 torch.cat([past.frame_times, frame_time_ps], dim=1)  # [B, F_past + F]
             time_feats = relative_time_features(frame_time_ps, key_times, delta_t_ps, self.c_relative_time)
-        rigids = anchors.scale_translation(_NM_PER_ANGSTROM)
+        rigids = starts.scale_translation(_NM_PER_ANGSTROM)
         kvs = []
         for i, block in enumerate(self.blocks):
             s, z, rigids, kv = block(s, z, rigids, res_mask, attn_mask, None if past is None else past.layer(i),
@@ -116,10 +121,12 @@ class StarMD(nn.Module):
         token_valid = res_mask.repeat(1, 2 * n_frames)  # [B, 2 L N]
         attn_mask = residue_attention_mask(block_causal_mask(n_frames, n, window, device=res_mask.device),
                                            token_valid, token_valid)  # [B, 1, 2 L N, 2 L N]
+        previous_ctx = Rigid.cat([ctx[:, :1], ctx[:, :-1]], dim=1)  # frame l-1 of context l (frame 0: itself)
         tgt_anchor = tgt if self.target_anchor == "self" else Rigid.cat([tgt[:, :1], ctx[:, :-1]], dim=1)
-        pred, s, _ = self._denoise(s0, z0, Rigid.cat([ctx, tgt], dim=1), Rigid.cat([ctx, tgt_anchor], dim=1),
-                                   torch.cat([ctx_t, tgt_t], dim=1), frame_time_ps.repeat(1, 2), delta_t_ps, res_mask,
-                                   attn_mask, past=None)
+        ctx_anchor = previous_ctx if self.context_motion else ctx
+        pred, s, _ = self._denoise(s0, z0, Rigid.cat([ctx, tgt], dim=1), Rigid.cat([ctx_anchor, tgt_anchor], dim=1),
+                                   Rigid.cat([ctx, tgt_anchor], dim=1), torch.cat([ctx_t, tgt_t], dim=1),
+                                   frame_time_ps.repeat(1, 2), delta_t_ps, res_mask, attn_mask, past=None)
         return {"pred_rigids": pred[:, n_frames:], "single": s[:, n_frames:]}
 
     # --- inference ----------------------------------------------------------------------------------------------
@@ -135,9 +142,10 @@ class StarMD(nn.Module):
             raise ValueError(f"delta_t_ps must be [B] = ({res_mask.shape[0]},), got {tuple(delta_t_ps.shape)}")
         return KVCache(s0, z0, res_mask, delta_t_ps, self.n_blocks, window)
 
-    def _single_frame(self, cache: KVCache, frame: Rigid, anchor: Rigid, t: torch.Tensor, frame_time_ps: torch.Tensor
-                      ) -> tuple[Rigid, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
-        """One frame Rigid [B, N], updated from `anchor` [B, N], attending to every held frame and to itself."""
+    def _single_frame(self, cache: KVCache, frame: Rigid, anchor: Rigid, start: Rigid, t: torch.Tensor,
+                      frame_time_ps: torch.Tensor) -> tuple[Rigid, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """One frame Rigid [B, N], seen from `anchor` and updated from `start` (each [B, N]), attending to every held
+        frame and to itself."""
         b, n = cache.res_mask.shape
         if frame.shape != (b, n) or t.shape != (b,) or frame_time_ps.shape != (b,):
             raise ValueError(f"expected frame Rigid [B, N] = {(b, n)}, t [B] and frame_time_ps [B]; got "
@@ -146,8 +154,8 @@ class StarMD(nn.Module):
         allowed = torch.ones(n, key_valid.shape[1], dtype=torch.bool, device=key_valid.device)
         attn_mask = residue_attention_mask(allowed, cache.res_mask, key_valid)  # [B, 1, N, T_past + N]
         pred, s, kvs = self._denoise(cache.static_single, cache.static_pair, frame.unsqueeze(1), anchor.unsqueeze(1),
-                                     t[:, None], frame_time_ps[:, None], cache.delta_t_ps, cache.res_mask, attn_mask,
-                                     cache)
+                                     start.unsqueeze(1), t[:, None], frame_time_ps[:, None], cache.delta_t_ps,
+                                     cache.res_mask, attn_mask, cache)
         return pred[:, 0], s[:, 0], kvs
 
     def step(self, cache: KVCache, frame: Rigid, t: torch.Tensor, frame_time_ps: torch.Tensor) -> dict:
@@ -160,7 +168,8 @@ class StarMD(nn.Module):
             target l when the cache holds context frames 0..l-1.
         """
         use_previous = self.target_anchor == "previous" and cache.last_frame is not None
-        pred, s, _ = self._single_frame(cache, frame, cache.last_frame if use_previous else frame, t, frame_time_ps)
+        anchor = cache.last_frame if use_previous else frame
+        pred, s, _ = self._single_frame(cache, frame, anchor, anchor, t, frame_time_ps)
         return {"pred_rigids": pred, "single": s}
 
     def append(self, cache: KVCache, frame: Rigid, tau: torch.Tensor, frame_time_ps: torch.Tensor) -> None:
@@ -168,7 +177,8 @@ class StarMD(nn.Module):
 
         frame: Rigid [B, N] (A); frame_time_ps: [B]. Computes exactly the full forward's context frame.
         """
-        _, _, kvs = self._single_frame(cache, frame, frame, tau, frame_time_ps)
+        seen_from = cache.last_frame if self.context_motion and cache.last_frame is not None else frame
+        _, _, kvs = self._single_frame(cache, frame, seen_from, frame, tau, frame_time_ps)
         cache.push(kvs, frame, frame_time_ps)
 
 
