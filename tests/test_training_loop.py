@@ -70,8 +70,14 @@ def test_cli_trains_checkpoints_logs_and_resumes(files, tmp_path):
     assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
 
     # a changed science setting is refused instead of silently mixing two runs
-    assert cli.main(_argv(files, run, {**TRAINING, "tau_max": 0.0})) == 1
-    assert cli.main(_argv(files, run, {**TRAINING, "bogus": 1})) == 1
+    last = run / "checkpoints" / "last.pt"
+    digest = sha256sum(last)
+    with pytest.raises(ValueError, match=r"last\.pt: training config keys \['tau_max'\] differ from the run being "
+                                         r"resumed"):
+        cli.main(_argv(files, run, {**TRAINING, "tau_max": 0.0}))
+    with pytest.raises(ValueError, match=r"^training: unknown key\(s\) \['bogus'\]"):
+        cli.main(_argv(files, run, {**TRAINING, "bogus": 1}))
+    assert sha256sum(last) == digest and not list(run.glob("checkpoints.superseded-*"))  # refused, untouched
 
     # --restart-if-changed (what the Snakemake rule passes: it reruns train exactly when params or inputs changed)
     # moves the other experiment's checkpoints aside, never deleting them, and trains from step 0
@@ -96,7 +102,8 @@ def test_rewritten_input_file_is_another_experiment(files, tmp_path):
     st = frames.stat()
     try:
         os.utime(frames, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-        assert cli.main(_argv(files, run, {**TRAINING, "steps": 5}, val=False)) == 1
+        with pytest.raises(ValueError, match=r"was trained on different input files \(changed, added or removed: \["):
+            cli.main(_argv(files, run, {**TRAINING, "steps": 5}, val=False))
         assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 4  # refused, untouched
         assert cli.main([*_argv(files, run, {**TRAINING, "steps": 5}, val=False), "--restart-if-changed"]) == 0
     finally:
@@ -127,11 +134,13 @@ def test_gradient_accumulation_equals_the_full_batch(files, tmp_path):
 
 
 def _poison(src: Path, dst: Path) -> Path:
-    """A copy of a frames file whose every replica has NaN coordinates."""
+    """A copy of a frames file whose every replica has coordinates of ~1e30 A: finite, so the file passes the input
+    checks (a NaN would be refused before training starts), but every loss on it overflows."""
     dst.write_bytes(src.read_bytes())
+    rng = np.random.default_rng(0)
     with h5py.File(dst, "r+") as f:
         for rep in f["replicas"].values():
-            rep["translations"][...] = np.nan
+            rep["translations"][...] = rng.normal(0, 1e30, rep["translations"].shape)
     return dst
 
 
