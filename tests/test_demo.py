@@ -10,7 +10,8 @@ import pytest
 
 from conftest import DEMO_TEST_CONFIG
 from starmd.data import demo
-from starmd.data.demo import DemoConfig, atomic_dir, prepare_demo
+from starmd.data.demo import DemoConfig, prepare_demo
+from starmd.io import atomic_dir
 
 
 def test_demo_has_atlas_shape_and_provenance(demo_protein):
