@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 from pathlib import Path
 
 import h5py
@@ -168,3 +170,35 @@ def test_nonfinite_steps_are_skipped_counted_and_stop_after_k(files, tmp_path):
     with pytest.raises(NonFiniteLoss, match=r"3 steps in a row .*last\.pt holds the last good state"):
         poisoned.fit()
     assert sha256sum(last) == digest and load_checkpoint(last)["step"] == 2
+
+
+def test_truncated_last_pt_is_moved_aside_and_training_resumes_from_the_newest_good_checkpoint(files, tmp_path,
+                                                                                                caplog):
+    run = tmp_path / "run"
+    ckpts = run / "checkpoints"
+    assert cli.main(_argv(files, run, TRAINING, val=False)) == 0  # steps 1-4: last.pt and final.pt at step 4
+    last = ckpts / "last.pt"
+    data = last.read_bytes()
+    last.write_bytes(data[: len(data) // 2])  # a copy cut short / a full disk
+
+    with caplog.at_level(logging.WARNING, logger="starmd.training.loop"):
+        assert cli.main(_argv(files, run, {**TRAINING, "steps": 6}, val=False)) == 0
+    [corrupt] = ckpts.glob("last.pt.corrupt-*")
+    assert corrupt.read_bytes() == data[: len(data) // 2]  # moved aside, never deleted
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert re.fullmatch(rf"{re.escape(str(last))}: not a loadable starmd checkpoint, truncated\? \(.+\); moved it to "
+                        rf"last\.pt\.corrupt-\d{{8}}T\d{{6}}Z, resuming from final\.pt", warning), warning
+    assert load_checkpoint(ckpts / "final.pt")["step"] == 6
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]  # resumed at step 4, not restarted
+
+    # nothing loadable at all: start over, saying so
+    for name in ("last.pt", "final.pt"):
+        (ckpts / name).write_bytes(b"")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="starmd.training.loop"):
+        assert cli.main(_argv(files, run, TRAINING, val=False)) == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2 and all(w.endswith(", starting this run from step 0") for w in warnings), warnings
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]

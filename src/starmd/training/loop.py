@@ -121,6 +121,8 @@ class Trainer:
         from (seed, rank)."""
         found = self.newest_good_checkpoint()
         if found is None:
+            if self.env.is_main:  # rows of a run that left no loadable checkpoint (killed before the first, corrupt)
+                self.history.truncate_after(0)
             torch.manual_seed(self.cfg.seed * 1000 + self.env.rank)
             return
         path, ckpt = found
