@@ -103,7 +103,9 @@ def test_sigkill_resumes_from_last_periodic_checkpoint(reference):
     assert killed.returncode == -signal.SIGKILL
     survived = load_checkpoint(run / "checkpoints" / "last.pt")  # loadable despite the kill (atomic writes)
     assert survived["step"] in (6, 9, 12)
-    partial = run / "checkpoints" / ".last.pt.k1ll3d.tmp.pt"  # what a kill during torch.save leaves behind
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    partial = run / "checkpoints" / f".last.pt.tmp-{dead.pid}.pt"  # what a kill during torch.save leaves behind
     partial.write_bytes(b"cut short")
     resumed = _run(files, run)
     assert not partial.exists()
