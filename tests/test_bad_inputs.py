@@ -99,6 +99,8 @@ def args_for(step: str, f: dict[str, Path], out: Path) -> list[str | Path]:
     if step == "rollout":
         return ["rollout", "--checkpoint", f["checkpoint"], "--features", f["features"], "--frames", f["frames"],
                 "--out", out / "r.h5", "--config-json", json.dumps(ROLLOUT)]
+    if step == "figures":
+        return ["figures", "--eval", f["eval"], "--out-dir", out / "figures"]
     assert step == "evaluate"
     return ["evaluate", "--name", NAME, "--rollout", f["rollout"], "--frames", f["frames"], "--raw-dir", f["raw_dir"],
             "--out", out / "e.json"]
@@ -131,6 +133,8 @@ CASES = [
      "{path}: replicas/R1/translations has non-finite values (NaN/inf), the first at index [3, 0, 0] " + FRAMES_FIX),
     ("evaluate", "xtc1", truncate, "{path}: unreadable trajectory (truncated?): ... " + RAW_FIX),
     ("evaluate", "rollout", truncate, "{path}: unreadable rollout HDF5: ... " + ROLLOUT_FIX),
+    ("figures", "eval", truncate, "{path}: unreadable eval JSON (truncated?): ... (delete it; snakemake reruns "
+     "evaluate)"),
     ("evaluate", "rollout", nan_at("translations", (0, 1, 2, 0)),
      "{path}: translations of sample 0 are non-finite (NaN/inf) from frame 1 on (the model diverged: check the "
      "checkpoint and rollout.steps, then rerun the rollout)"),
@@ -149,6 +153,8 @@ def _copy_inputs(good: dict[str, Path], dest: Path) -> dict[str, Path]:
         shutil.copy(good[key], files[key])
     shutil.copytree(good["rollout"].parent, dest / "rollouts")
     files["rollout"] = dest / "rollouts" / good["rollout"].name
+    files["eval"] = dest / "eval.json"  # figures' input: only its syntax matters to the truncated-JSON case
+    files["eval"].write_text(json.dumps({"name": NAME, "format_version": 1, "metrics": {}, "curves": {}}))
     return files
 
 

@@ -6,8 +6,10 @@ import base64
 import copy
 import csv
 import json
+import re
 import shutil
 import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -156,3 +158,14 @@ def test_missing_kv_bench_is_noted_and_bad_inputs_name_the_file(inputs, tmp_path
     lines.write_text('{"step": 1, "loss": 0.5}\n{"loss": 0.4}\n')
     with pytest.raises(ValueError, match=r"metrics\.jsonl:2.*step"):
         figures_main(["--eval", str(inputs["real"]), "--metrics", str(lines), "--out-dir", str(out)])
+
+
+def test_truncated_benchmark_json_is_one_line_naming_it(inputs, tmp_path):
+    truncated = tmp_path / "kv_cache_memory.json"
+    truncated.write_text(inputs["kv"].read_text()[:40])
+    argv = [*_argv(inputs, tmp_path / "figures")]
+    argv[argv.index(str(inputs["kv"]))] = str(truncated)
+    proc = subprocess.run([sys.executable, "-m", "starmd", "figures", *argv], capture_output=True, text=True)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert re.fullmatch(rf"{re.escape(str(truncated))}: unreadable benchmark JSON \(truncated\?\): .+ \(delete it; "
+                        r"snakemake reruns bench_kv_cache\)", proc.stderr.strip().splitlines()[-1]), proc.stderr
