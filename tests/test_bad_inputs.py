@@ -110,7 +110,8 @@ def args_for(step: str, f: dict[str, Path], out: Path) -> list[str | Path]:
 CASES = [
     ("extract-frames", "xtc2", truncate, "{path}: unreadable XTC trajectory (truncated?): ... " + RAW_FIX),
     ("extract-frames", "xtc3", empty, "{path}: empty XTC trajectory (0 bytes) " + RAW_FIX),
-    ("extract-frames", "xtc1", remove, "{path}: no such XTC trajectory " + RAW_FIX),
+    ("extract-frames", "xtc1", remove, "{path}: no such XTC trajectory (snakemake reruns prepare_demo or "
+     "download_atlas)"),
     ("extract-frames", "pdb", empty, "{path}: empty PDB structure (0 bytes) " + RAW_FIX),
     ("extract-frames", "pdb", truncate, "{xtc1}: 70 atoms, but {path} has 36: trajectory and topology do not belong "
      "together (or one is truncated) " + RAW_FIX),
@@ -127,6 +128,7 @@ CASES = [
     ("rollout", "frames", nan_at("start/translations", (0, 2)),
      "{path}: start/translations has non-finite values (NaN/inf), the first at index [0, 2] " + FRAMES_FIX),
     ("rollout", "frames", empty, "{path}: empty frames HDF5 (0 bytes) " + FRAMES_FIX),
+    ("rollout", "checkpoint", remove, "{path}: no such checkpoint (snakemake reruns train)"),
     ("rollout", "checkpoint", truncate, "{path}: not a loadable starmd checkpoint, truncated? (PytorchStreamReader failed reading zip "
      "archive: failed finding central directory) " + CHECKPOINT_FIX),
     ("evaluate", "frames", nan_at("replicas/R1/translations", (3, 0, 0)),

@@ -1,5 +1,8 @@
 """Bad inputs: one exception type, one line `<file>: <what is wrong> (<what to do>)`.
 
+What to do is usually "delete it; snakemake reruns <the rule that makes it>" (for a file that is missing, without the
+"delete it").
+
 Every step raises `InputError` (a ValueError, like the config checks) for a file it cannot use; `python -m starmd`
 prints its message as one line and exits 1 (the traceback only with `--debug`). `reading` turns a library's own
 failure to parse a file (h5py, mdtraj, torch) into an InputError naming the file. docs/errors.md lists the messages.
@@ -30,7 +33,7 @@ def reading(path: str | os.PathLike, what: str, fix: str) -> Iterator[None]:
     becomes an InputError naming it. InputErrors raised inside pass through unchanged."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(path, f"no such {what}", fix)
+        raise InputError(path, f"no such {what}", missing_fix(fix))
     if path.stat().st_size == 0:
         raise InputError(path, f"empty {what} (0 bytes)", fix)
     try:
@@ -39,6 +42,11 @@ def reading(path: str | os.PathLike, what: str, fix: str) -> Iterator[None]:
         raise
     except (OSError, RuntimeError, ValueError, IndexError, KeyError, EOFError) as exc:
         raise InputError(path, f"unreadable {what}: {describe(exc)}", fix) from exc
+
+
+def missing_fix(fix: str) -> str:
+    """What to do about a missing file: `fix` without its "delete it; " (the fixes of this package start so)."""
+    return fix.removeprefix("delete it; ")
 
 
 def describe(exc: BaseException) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from starmd.errors import InputError, describe
+from starmd.errors import InputError, describe, missing_fix
 from starmd.io import atomic_path
 
 FORMAT_VERSION = 1
@@ -57,7 +57,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     """
     path = Path(path)
     if not path.is_file():
-        raise InputError(path, "no such checkpoint", CHECKPOINT_FIX)
+        raise InputError(path, "no such checkpoint", missing_fix(CHECKPOINT_FIX))
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as exc:  # a truncated or foreign file: say which one
