@@ -33,6 +33,8 @@ NM_TO_ANGSTROM = 10.0
 _BOND_RANGE_A = (0.9, 2.2)
 # xtc stores times as float32 (0.2 ps reads back as 0.20000000298): round to 0.1 fs, far below any MD step
 _TIME_DECIMALS = 4
+# what to do about a raw MD file (start PDB, replica XTC) that cannot be used
+RAW_FIX = "delete it; snakemake reruns prepare_demo or download_atlas"
 
 
 @dataclass(frozen=True)
@@ -60,15 +62,11 @@ def backbone_frames(backbone_nm: np.ndarray, source: str, residues: list[str]) -
     bad |= ((bond < _BOND_RANGE_A[0]) | (bond > _BOND_RANGE_A[1])).any(-1)
     if bad.any():
         t, i = np.argwhere(bad)[0]
-        raise ValueError(f"{source}: frame {t}, residue {residues[i]}: non-finite coordinates or N-CA/C-CA bond "
-                         f"outside {_BOND_RANGE_A} A ({bond[t, i].round(3).tolist()}); corrupted trajectory?")
+        raise InputError(source, f"frame {t}, residue {residues[i]}: non-finite coordinates or N-CA/C-CA bond outside "
+                         f"{_BOND_RANGE_A} A ({bond[t, i].round(3).tolist()}); corrupted trajectory?", RAW_FIX)
     xt = torch.from_numpy(x)
     rigid = Rigid.from_3_points(xt[..., 0, :], xt[..., 1, :], xt[..., 2, :])
     return rigid.rots.to(torch.float32).numpy(), rigid.trans.to(torch.float32).numpy()
-
-
-# what to do about a raw MD file extract-frames cannot read
-RAW_FIX = "delete it; snakemake reruns prepare_demo or download_atlas"
 
 
 def _n_atoms(path: Path) -> int:
@@ -83,14 +81,15 @@ def _n_atoms(path: Path) -> int:
 
 def _uniform_spacing(time_ps: np.ndarray, source: str) -> float:
     if len(time_ps) < 2:
-        raise ValueError(f"{source}: {len(time_ps)} frame(s) after striding; need >= 2 to define dt_ps")
+        raise InputError(source, f"{len(time_ps)} frame(s) after striding; need >= 2 to define dt_ps",
+                         "lower frames.stride, or regenerate a longer trajectory")
     diffs = np.diff(time_ps)
     dt = round(float(np.median(diffs)), _TIME_DECIMALS)
     # xtc stores time as float32: allow its rounding (~1e-2 ps at 1e5 ps), nothing more
     if dt <= 0 or not np.allclose(diffs, dt, rtol=1e-4, atol=2e-2):
         k = int(np.argmax(np.abs(diffs - dt)))
-        raise ValueError(f"{source}: frame times are not evenly spaced (frame {k} -> {k + 1}: {diffs[k]} ps vs "
-                         f"median {dt} ps)")
+        raise InputError(source, f"frame times are not evenly spaced (frame {k} -> {k + 1}: {diffs[k]} ps vs median "
+                         f"{dt} ps)", RAW_FIX)
     return dt
 
 
@@ -129,7 +128,8 @@ def extract_frames(pdb: str | Path, xtcs: list[str | Path], out: str | Path, cfg
         log.info("%s R%d: %d frames (stride %d) from %s in %.1f s", name, k, traj.n_frames, cfg.stride, xtc.name,
                  time.perf_counter() - t0)
     if not np.allclose(dts, dts[0], rtol=1e-3):
-        raise ValueError(f"replicas of {pdb} have different frame spacings {dts} ps; cannot share one dt_ps")
+        raise InputError(pdb, f"its replicas have different frame spacings {dts} ps; cannot share one dt_ps",
+                         "regenerate the raw MD with one frame spacing")
 
     provenance_file = pdb.parent / "provenance.json"
     provenance = json.loads(provenance_file.read_text()) if provenance_file.exists() else {}

@@ -90,17 +90,18 @@ def load_rollout(path: str | Path) -> Rollout:
     delta_t, sequence = float(rec.attrs["delta_t_ps"]), str(rec.attrs["sequence"])
     start_ca = np.asarray(rec.start_translations, dtype=np.float64)
     if time_ps.shape != (ca.shape[1],):
-        raise ValueError(f"{path}: dataset 'time_ps' must have shape [{ca.shape[1]}] (one time per frame)")
+        raise InputError(path, f"dataset 'time_ps' must have shape [{ca.shape[1]}] (one time per frame)", ROLLOUT_FIX)
     if len(sequence) != ca.shape[2]:
-        raise ValueError(f"{path}: attr sequence has {len(sequence)} residues but translations has {ca.shape[2]}")
+        raise InputError(path, f"attr sequence has {len(sequence)} residues but translations has {ca.shape[2]}",
+                         ROLLOUT_FIX)
     pdb = path.with_suffix(".pdb")
     backbones = []
     for k in range(ca.shape[0]):
         xtc = path.with_name(f"{path.stem}_s{k}.xtc")
         bb = load_backbone(xtc, pdb, ROLLOUT_FIX)
         if bb.shape[:3] != ca.shape[1:3] + (4,) or np.abs(bb[:, :, 1] - ca[k]).max() > _CA_MATCH_TOL_A:
-            raise ValueError(f"{xtc}: backbone {bb.shape[:2]} does not match translations sample {k} "
-                             f"{ca.shape[1:3]} (CA positions must agree within {_CA_MATCH_TOL_A} A)")
+            raise InputError(xtc, f"backbone {bb.shape[:2]} does not match translations sample {k} {ca.shape[1:3]} "
+                             f"of {path} (CA positions must agree within {_CA_MATCH_TOL_A} A)", ROLLOUT_FIX)
         backbones.append(bb)
     return Rollout(ca, np.stack(backbones), time_ps, delta_t, sequence, start_ca)
 
@@ -120,16 +121,17 @@ def load_reference(frames_path: str | Path, raw_dir: str | Path, name: str) -> R
     pdb = raw_dir / f"{name}.pdb"
     start_backbone = load_backbone(pdb, pdb, RAW_FIX)[0]
     backbone = {}
+    stale = f"the frames file was made from other MD: delete {frames_path}; snakemake reruns extract_frames"
     for rep, rep_ca in ca.items():
         xtc = raw_dir / f"{name}_prod_{rep}_fit.xtc"
         bb = load_backbone(xtc, pdb, RAW_FIX, stride)
         if bb.shape[:2] != rep_ca.shape[:2]:
-            raise ValueError(f"{xtc}: every {stride}th frame gives {bb.shape[:2]} (frames, residues), but "
-                             f"{frames_path} replicas/{rep} has {rep_ca.shape[:2]}")
+            raise InputError(xtc, f"every {stride}th frame gives {bb.shape[:2]} (frames, residues), but {frames_path} "
+                             f"replicas/{rep} has {rep_ca.shape[:2]}", stale)
         ends = [0, len(bb) - 1]
         mismatch = max(float(rmsd_to(bb[[f], :, 1], rep_ca[f])[0]) for f in ends)
         if mismatch > _CA_MATCH_TOL_A:
-            raise ValueError(f"{xtc}: frames do not match {frames_path} replicas/{rep} (CA RMSD {mismatch:.3f} A "
-                             f"> {_CA_MATCH_TOL_A} A at the first or last frame; is attr stride={stride} right?)")
+            raise InputError(xtc, f"frames do not match {frames_path} replicas/{rep} (CA RMSD {mismatch:.3f} A > "
+                             f"{_CA_MATCH_TOL_A} A at the first or last frame; is attr stride={stride} right?)", stale)
         backbone[rep] = bb
     return Reference(start_ca, start_backbone, ca, backbone, dt_ps, sequence, residue_index)
