@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from starmd.bench.config import load_settings, section_for
@@ -107,7 +108,13 @@ def test_rollout_speed_against_openmm(tmp_path):
             assert r["speedup_over_openmm"] == pytest.approx(r["ns_per_day"] / protein["openmm_ns_per_day"])
     ctx = doc["per_frame_vs_context"]
     assert len(ctx["cached_frame_s"]) == 4 and len(ctx["recomputed_frame_s"]) == 4
-    assert all(t > 0 for t in ctx["cached_frame_s"] + ctx["recomputed_frame_s"])
+    # the growth figures are the fits of these very times: the exponent over the second half, last over first
+    cached, ls = ctx["cached_frame_s"], np.arange(1, 5)
+    assert ctx["cached_exponent_in_L_second_half"] == pytest.approx(
+        np.polyfit(np.log(ls[2:]), np.log(cached[2:]), 1)[0], abs=1e-3)
+    assert ctx["cached_last_over_first_frame"] == pytest.approx(cached[-1] / cached[1])
+    assert ctx["recomputed_exponent_in_L_second_half"] == pytest.approx(
+        np.polyfit(np.log(ls[2:]), np.log(ctx["recomputed_frame_s"][2:]), 1)[0], abs=1e-3)
     assert doc["openmm"]["timestep_fs"] == 2.0 and doc["openmm"]["platform"] == "CPU"
     assert doc["device"] == "cpu" and doc["openmm"]["platform_properties"] == {"Threads": "1"}  # auto, no GPU here
 
