@@ -29,9 +29,10 @@ def check_config():
     if "reference_replica" in evaluation and evaluation["reference_replica"] == evaluation.get("oracle_replica"):
         raise ValueError("config evaluation.oracle_replica: must differ from evaluation.reference_replica "
                          f"(allowed: another of {', '.join(REPLICAS)})")
-    seeds = config["demo"].get("replica_seeds")
-    if config["dataset"] == "demo" and seeds is not None and len(seeds) != len(REPLICAS):
-        raise ValueError(f"config demo.replica_seeds: {len(seeds)} seeds, but the workflow reads {len(REPLICAS)} "
+    dataset = config["dataset"]
+    seeds = config.get(dataset, {}).get("replica_seeds")  # the demo and synthetic datasets make their replicas
+    if seeds is not None and len(seeds) != len(REPLICAS):
+        raise ValueError(f"config {dataset}.replica_seeds: {len(seeds)} seeds, but the workflow reads {len(REPLICAS)} "
                          f"replicas (allowed: exactly {len(REPLICAS)} distinct seeds)")
     window, horizon = config["training"]["num_frames"], config["ablation"]["n_frames"]
     if horizon < 10 * window:
