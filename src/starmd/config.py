@@ -77,6 +77,9 @@ def _allowed(schema: Mapping[str, Any]) -> str:
     for key, op in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="), ("exclusiveMaximum", "<")):
         if key in schema:
             parts.append(f"{op} {schema[key]}")
+    low, high = schema.get("minItems"), schema.get("maxItems")
+    if low is not None or high is not None:
+        parts.append(f"of {low} items" if low == high else f"of {low or 0}..{'' if high is None else high} items")
     if "pattern" in schema:
         parts.append(f"matching {schema['pattern']}")
     if "properties" in schema:
