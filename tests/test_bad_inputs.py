@@ -75,6 +75,10 @@ def remove(path: Path) -> None:
     path.unlink()
 
 
+def no_atoms(path: Path) -> None:
+    path.write_text("REMARK   1 NO ATOMS\nEND\n")
+
+
 def nan_at(key: str, index: tuple[int, ...]) -> Callable[[Path], None]:
     """Write one NaN into dataset `key` of an HDF5 file."""
     def corrupt(path: Path) -> None:
@@ -115,6 +119,8 @@ CASES = [
     ("extract-frames", "pdb", empty, "{path}: empty PDB structure (0 bytes) " + RAW_FIX),
     ("extract-frames", "pdb", truncate, "{xtc1}: 70 atoms, but {path} has 36: trajectory and topology do not belong "
      "together (or one is truncated) " + RAW_FIX),
+    ("extract-frames", "pdb", no_atoms, "{path}: unreadable PDB structure: ... " + RAW_FIX),
+    ("featurize", "pdb", no_atoms, "{path}: unreadable PDB structure: ... " + RAW_FIX),
     ("featurize", "pdb", empty, "{path}: empty PDB structure (0 bytes) " + RAW_FIX),
     ("train", "frames", truncate, "{path}: unreadable frames HDF5: ... " + FRAMES_FIX),
     ("train", "features", nan_at("pair", (1, 2, 3)),

@@ -102,8 +102,6 @@ def extract_frames(pdb: str | Path, xtcs: list[str | Path], out: str | Path, cfg
     name = name or out.stem
     with reading(pdb, "PDB structure", RAW_FIX):
         start = md.load(str(pdb))
-    if start.n_atoms == 0:
-        raise InputError(pdb, "no atoms", RAW_FIX)
     top = start.topology
     sequence, residue_index, bb_idx = protein_residues(top, str(pdb))
     residues = [f"{r.name} {r.resSeq}" for r in top.residues]
