@@ -3,13 +3,47 @@
 
 import json
 import shlex
+import sys
 from pathlib import Path
 
 from snakemake.utils import validate
 
 from starmd.bench.config import section_for
+from starmd.config import validate_config
 
-validate(config, "../schemas/config.schema.yaml")
+# The MD replicas every dataset provides (prepare_demo writes them, ATLAS ships them).
+REPLICAS = ["R1", "R2", "R3"]
+
+
+def check_config():
+    """Every config problem knowable before a job starts, as a ValueError of one line naming the key: the schema
+    (strict integers: 20.0 is not one), the replicas evaluation compares, the ablation horizon. Fills in the
+    schema's defaults (snakemake.utils.validate), which the rules see."""
+    validate_config(config, Path(workflow.basedir) / "schemas" / "config.schema.yaml")
+    validate(config, "../schemas/config.schema.yaml")  # passes (checked above, more strictly); fills the defaults
+    evaluation = config["evaluation"]
+    for key in ("reference_replica", "oracle_replica"):
+        if evaluation.get(key, REPLICAS[0]) not in REPLICAS:
+            raise ValueError(f"config evaluation.{key}: {evaluation[key]!r} is not a replica of the dataset "
+                             f"(allowed: one of {', '.join(REPLICAS)})")
+    if "reference_replica" in evaluation and evaluation["reference_replica"] == evaluation.get("oracle_replica"):
+        raise ValueError("config evaluation.oracle_replica: must differ from evaluation.reference_replica "
+                         f"(allowed: another of {', '.join(REPLICAS)})")
+    dataset = config["dataset"]
+    seeds = config.get(dataset, {}).get("replica_seeds")  # the demo and synthetic datasets make their replicas
+    if seeds is not None and len(seeds) != len(REPLICAS):
+        raise ValueError(f"config {dataset}.replica_seeds: {len(seeds)} seeds, but the workflow reads {len(REPLICAS)} "
+                         f"replicas (allowed: exactly {len(REPLICAS)} distinct seeds)")
+    window, horizon = config["training"]["num_frames"], config["ablation"]["n_frames"]
+    if horizon < 10 * window:
+        raise ValueError(f"config ablation.n_frames: {horizon} is shorter than 10 x training.num_frames "
+                         f"(allowed: >= {10 * window}; the ablation is about long horizons)")
+
+
+try:
+    check_config()
+except ValueError as exc:
+    sys.exit(str(exc))  # one line on stderr, exit status 1: no traceback, no schema dump
 
 DATASET = config["dataset"]
 RUN = config["run"]
@@ -26,7 +60,7 @@ def section_json(*names):
 
 wildcard_constraints:
     name=r"[A-Za-z0-9]+_[A-Za-z0-9]+",
-    replica=r"R[123]",
+    replica="|".join(REPLICAS),
     tau=r"[0-9.e-]+",
 
 
@@ -50,7 +84,7 @@ def raw_pdb(wildcards):
 
 
 def raw_xtcs(wildcards):
-    return [f"{RAW}/{wildcards.name}/{wildcards.name}_prod_{r}_fit.xtc" for r in ("R1", "R2", "R3")]
+    return [f"{RAW}/{wildcards.name}/{wildcards.name}_prod_{r}_fit.xtc" for r in REPLICAS]
 
 
 def truth_files(wildcards):
@@ -101,16 +135,6 @@ def rollout_xtcs(folder, n_samples):
     return [f"{folder}/{{name}}_s{k}.xtc" for k in range(n_samples)]
 
 
-def _check_ablation_horizon():
-    window = config["training"]["num_frames"]
-    if config["ablation"]["n_frames"] < 10 * window:
-        raise ValueError(
-            f"config ablation.n_frames={config['ablation']['n_frames']} must be at least 10 x training.num_frames "
-            f"({10 * window}): the ablation is about long horizons"
-        )
-
-
-_check_ablation_horizon()
 ABLATION_TAUS = [f"{t:g}" for t in config["ablation"]["taus"]]
 
 

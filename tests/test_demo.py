@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import mdtraj as md
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 
 from conftest import DEMO_TEST_CONFIG
 from starmd.data import demo
-from starmd.data.demo import DemoConfig, atomic_dir, prepare_demo
+from starmd.data.demo import DemoConfig, prepare_demo
 
 
 def test_demo_has_atlas_shape_and_provenance(demo_protein):
@@ -64,8 +65,14 @@ def test_cli_runs_and_logs_progress(tmp_path, caplog):
     with caplog.at_level("INFO", logger="starmd.data.demo"):
         assert demo.main(["--name", "cli_A", "--out-dir", str(tmp_path / "cli_A"),
                           "--config-json", json.dumps(cfg)]) == 0
-    assert (tmp_path / "cli_A" / "cli_A_prod_R1_fit.xtc").is_file()
-    assert any("ns/day" in r.getMessage() for r in caplog.records)
+    traj = md.load(str(tmp_path / "cli_A" / "cli_A_prod_R1_fit.xtc"), top=str(tmp_path / "cli_A" / "cli_A.pdb"))
+    assert traj.n_frames == 2 and np.allclose(traj.time, [0.2, 0.4])
+    # a progress line per log_every_ps of production, with the simulated and total ps and a positive speed
+    progress = [re.fullmatch(r"cli_A R1: (\d\.\d)/0\.4 ps, (\d+\.\d) ns/day", r.getMessage())
+                for r in caplog.records if "ns/day" in r.getMessage()]
+    assert [m[1] for m in progress] == ["0.2", "0.4"] and all(float(m[2]) > 0 for m in progress)
+    provenance = json.loads((tmp_path / "cli_A" / "provenance.json").read_text())
+    assert provenance["replicas"][0]["ns_per_day"] > 0 and provenance["n_frames_per_replica"] == 2
 
 
 @pytest.mark.parametrize("override, message", [
@@ -87,19 +94,6 @@ def test_unknown_protein_or_sequence_is_rejected():
     bad = DemoConfig(**{**DEMO_TEST_CONFIG, "proteins": [{"name": "b_A", "sequence": "GAXZ", "split": "train"}]})
     with pytest.raises(ValueError, match="outside the 20 amino acids"):
         bad.protein("b_A")
-
-
-def test_atomic_dir_leaves_nothing_on_failure_and_keeps_old_output(tmp_path):
-    target = tmp_path / "p_A"
-    with atomic_dir(target) as work:
-        (work / "a.txt").write_text("good")
-    assert (target / "a.txt").read_text() == "good"
-    with pytest.raises(RuntimeError):
-        with atomic_dir(target) as work:
-            (work / "a.txt").write_text("half")
-            raise RuntimeError("simulated crash mid-run")
-    assert (target / "a.txt").read_text() == "good"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["p_A"]  # no temp directory left behind
 
 
 def test_failed_replica_writes_no_output(tmp_path, monkeypatch):

@@ -6,11 +6,14 @@ import base64
 import copy
 import csv
 import json
+import re
 import shutil
 import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
+import matplotlib.image
 import pytest
 
 from starmd.evaluation.figures import main as figures_main
@@ -72,10 +75,16 @@ def figures_dir(inputs) -> Path:
 
 
 def test_all_figures_and_tables_written(figures_dir):
+    report = (figures_dir / "report.html").read_text()
     for stem in FIGURES:
-        for ext in ("png", "pdf"):
-            assert (figures_dir / f"{stem}.{ext}").stat().st_size > 1000, f"{stem}.{ext}"
-    assert (figures_dir / "metrics_table.md").exists() and (figures_dir / "report.html").exists()
+        png = figures_dir / f"{stem}.png"
+        image = matplotlib.image.imread(png)  # decodes: a real PNG
+        assert min(image.shape[:2]) > 200 and image[..., :3].std() > 0.05, stem  # something drawn, not a blank page
+        pdf = (figures_dir / f"{stem}.pdf").read_bytes()
+        assert pdf.startswith(b"%PDF-") and pdf.rstrip().endswith(b"%%EOF"), stem
+        # the report embeds exactly this PNG
+        assert f'<figure id="{stem}"><img alt="{stem}.png" src="data:image/png;base64,' \
+               f'{base64.b64encode(png.read_bytes()).decode("ascii")}">' in report, stem
 
 
 def test_table_is_median_over_proteins(figures_dir):
@@ -149,3 +158,14 @@ def test_missing_kv_bench_is_noted_and_bad_inputs_name_the_file(inputs, tmp_path
     lines.write_text('{"step": 1, "loss": 0.5}\n{"loss": 0.4}\n')
     with pytest.raises(ValueError, match=r"metrics\.jsonl:2.*step"):
         figures_main(["--eval", str(inputs["real"]), "--metrics", str(lines), "--out-dir", str(out)])
+
+
+def test_truncated_benchmark_json_is_one_line_naming_it(inputs, tmp_path):
+    truncated = tmp_path / "kv_cache_memory.json"
+    truncated.write_text(inputs["kv"].read_text()[:40])
+    argv = [*_argv(inputs, tmp_path / "figures")]
+    argv[argv.index(str(inputs["kv"]))] = str(truncated)
+    proc = subprocess.run([sys.executable, "-m", "starmd", "figures", *argv], capture_output=True, text=True)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert re.fullmatch(rf"{re.escape(str(truncated))}: unreadable benchmark JSON \(truncated\?\): .+ \(delete it; "
+                        r"snakemake reruns bench_kv_cache\)", proc.stderr.strip().splitlines()[-1]), proc.stderr

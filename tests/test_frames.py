@@ -145,14 +145,14 @@ def test_unknown_residue_names_the_residue(demo_protein, tmp_path):
 
 def test_atom_count_mismatch_names_both_files(demo_protein, tmp_path):
     pdb = _edited_pdb(demo_protein, tmp_path, lambda t: t.atom_slice(t.topology.select("not element H")))
-    with pytest.raises(ValueError, match=r"tpep_A_prod_R1_fit.xtc has 91 atoms but .*edited/tpep_A.pdb has 4\d"):
+    with pytest.raises(ValueError, match=r"tpep_A_prod_R1_fit.xtc: 91 atoms, but .*edited/tpep_A.pdb has 4\d"):
         extract_frames(pdb, demo_protein.xtcs, tmp_path / "o.h5", FramesConfig())
 
 
 def test_empty_trajectory_names_the_file(demo_protein, tmp_path):
     empty = tmp_path / "empty_R2.xtc"
     empty.write_bytes(b"")
-    with pytest.raises(ValueError, match=r"empty_R2.xtc: empty or unreadable trajectory"):
+    with pytest.raises(ValueError, match=r"empty_R2.xtc: empty XTC trajectory \(0 bytes\)"):
         extract_frames(demo_protein.pdb, [demo_protein.xtcs[0], empty], tmp_path / "o.h5", FramesConfig())
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 from pathlib import Path
 
 import h5py
@@ -70,8 +72,14 @@ def test_cli_trains_checkpoints_logs_and_resumes(files, tmp_path):
     assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
 
     # a changed science setting is refused instead of silently mixing two runs
-    assert cli.main(_argv(files, run, {**TRAINING, "tau_max": 0.0})) == 1
-    assert cli.main(_argv(files, run, {**TRAINING, "bogus": 1})) == 1
+    last = run / "checkpoints" / "last.pt"
+    digest = sha256sum(last)
+    with pytest.raises(ValueError, match=r"last\.pt: training config keys \['tau_max'\] differ from the run being "
+                                         r"resumed"):
+        cli.main(_argv(files, run, {**TRAINING, "tau_max": 0.0}))
+    with pytest.raises(ValueError, match=r"^training: unknown key\(s\) \['bogus'\]"):
+        cli.main(_argv(files, run, {**TRAINING, "bogus": 1}))
+    assert sha256sum(last) == digest and not list(run.glob("checkpoints.superseded-*"))  # refused, untouched
 
     # --restart-if-changed (what the Snakemake rule passes: it reruns train exactly when params or inputs changed)
     # moves the other experiment's checkpoints aside, never deleting them, and trains from step 0
@@ -96,7 +104,8 @@ def test_rewritten_input_file_is_another_experiment(files, tmp_path):
     st = frames.stat()
     try:
         os.utime(frames, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-        assert cli.main(_argv(files, run, {**TRAINING, "steps": 5}, val=False)) == 1
+        with pytest.raises(ValueError, match=r"was trained on different input files \(changed, added or removed: \["):
+            cli.main(_argv(files, run, {**TRAINING, "steps": 5}, val=False))
         assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 4  # refused, untouched
         assert cli.main([*_argv(files, run, {**TRAINING, "steps": 5}, val=False), "--restart-if-changed"]) == 0
     finally:
@@ -127,11 +136,13 @@ def test_gradient_accumulation_equals_the_full_batch(files, tmp_path):
 
 
 def _poison(src: Path, dst: Path) -> Path:
-    """A copy of a frames file whose every replica has NaN coordinates."""
+    """A copy of a frames file whose every replica has coordinates of ~1e30 A: finite, so the file passes the input
+    checks (a NaN would be refused before training starts), but every loss on it overflows."""
     dst.write_bytes(src.read_bytes())
+    rng = np.random.default_rng(0)
     with h5py.File(dst, "r+") as f:
         for rep in f["replicas"].values():
-            rep["translations"][...] = np.nan
+            rep["translations"][...] = rng.normal(0, 1e30, rep["translations"].shape)
     return dst
 
 
@@ -159,3 +170,35 @@ def test_nonfinite_steps_are_skipped_counted_and_stop_after_k(files, tmp_path):
     with pytest.raises(NonFiniteLoss, match=r"3 steps in a row .*last\.pt holds the last good state"):
         poisoned.fit()
     assert sha256sum(last) == digest and load_checkpoint(last)["step"] == 2
+
+
+def test_truncated_last_pt_is_moved_aside_and_training_resumes_from_the_newest_good_checkpoint(files, tmp_path,
+                                                                                                caplog):
+    run = tmp_path / "run"
+    ckpts = run / "checkpoints"
+    assert cli.main(_argv(files, run, TRAINING, val=False)) == 0  # steps 1-4: last.pt and final.pt at step 4
+    last = ckpts / "last.pt"
+    data = last.read_bytes()
+    last.write_bytes(data[: len(data) // 2])  # a copy cut short / a full disk
+
+    with caplog.at_level(logging.WARNING, logger="starmd.training.loop"):
+        assert cli.main(_argv(files, run, {**TRAINING, "steps": 6}, val=False)) == 0
+    [corrupt] = ckpts.glob("last.pt.corrupt-*")
+    assert corrupt.read_bytes() == data[: len(data) // 2]  # moved aside, never deleted
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert re.fullmatch(rf"{re.escape(str(last))}: not a loadable starmd checkpoint, truncated\? \(.+\); moved it to "
+                        rf"last\.pt\.corrupt-\d{{8}}T\d{{6}}Z, resuming from final\.pt", warning), warning
+    assert load_checkpoint(ckpts / "final.pt")["step"] == 6
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]  # resumed at step 4, not restarted
+
+    # nothing loadable at all: start over, saying so
+    for name in ("last.pt", "final.pt"):
+        (ckpts / name).write_bytes(b"")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="starmd.training.loop"):
+        assert cli.main(_argv(files, run, TRAINING, val=False)) == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2 and all(w.endswith(", starting this run from step 0") for w in warnings), warnings
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]

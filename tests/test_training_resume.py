@@ -63,8 +63,12 @@ def _assert_same_state(a: dict, b: dict) -> None:
     for key in ("model", "ema"):
         for name, value in a[key].items():
             assert torch.equal(value, b[key][name]), f"{key}.{name}"
-    for pa, pb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
-        assert all(torch.equal(pa[k], pb[k]) for k in pa)
+    state_a, state_b = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert state_a.keys() == state_b.keys() and state_a  # one entry per parameter, none missing or extra
+    for index, pa in state_a.items():
+        assert pa.keys() == state_b[index].keys()
+        assert all(torch.equal(pa[k], state_b[index][k]) for k in pa), f"optimizer state {index}"
+    assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
     assert a["scheduler"] == b["scheduler"]
 
 
@@ -103,7 +107,9 @@ def test_sigkill_resumes_from_last_periodic_checkpoint(reference):
     assert killed.returncode == -signal.SIGKILL
     survived = load_checkpoint(run / "checkpoints" / "last.pt")  # loadable despite the kill (atomic writes)
     assert survived["step"] in (6, 9, 12)
-    partial = run / "checkpoints" / ".last.pt.k1ll3d.tmp.pt"  # what a kill during torch.save leaves behind
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    partial = run / "checkpoints" / f".last.pt.tmp-{dead.pid}.pt"  # what a kill during torch.save leaves behind
     partial.write_bytes(b"cut short")
     resumed = _run(files, run)
     assert not partial.exists()

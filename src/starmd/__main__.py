@@ -2,6 +2,11 @@
 
 Each step lives in its stage package and exposes `main(argv) -> int`; this module only dispatches, so importing
 one stage never imports the others (torch is not loaded to download a zip).
+
+A bad input (`starmd.errors.InputError`, the ValueError of a config check or a FileNotFoundError: each names the
+file or the setting)
+ends the step with that one line on stderr and exit status 1; `--debug` (anywhere in the arguments) shows the
+traceback instead.
 """
 
 from __future__ import annotations
@@ -26,15 +31,23 @@ STEPS: dict[str, str] = {
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: python -m starmd <step> [options]\n\nsteps:\n  " + "\n  ".join(sorted(STEPS)))
+        print("usage: python -m starmd <step> [options] [--debug]\n\nsteps:\n  " + "\n  ".join(sorted(STEPS)))
         return 0 if argv else 2
     step, rest = argv[0], argv[1:]
     if step not in STEPS:
         print(f"starmd: unknown step {step!r}; choose one of: {', '.join(sorted(STEPS))}", file=sys.stderr)
         return 2
     module = importlib.import_module(STEPS[step])
-    return int(module.main(rest) or 0)
+    try:
+        return int(module.main(rest) or 0)
+    except (ValueError, FileNotFoundError) as exc:
+        if debug:
+            raise
+        print(" ".join(str(exc).split()), file=sys.stderr)  # one line, whatever the message holds
+        return 1
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ import json
 import re
 import shutil
 import sys
-import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass, fields
@@ -24,6 +23,7 @@ from typing import Any, Mapping, TextIO, get_type_hints
 
 from starmd.config import dataclass_section
 from starmd.data.download import DownloadError, NotFoundError, RetryPolicy, download_resumable
+from starmd.io import atomic_dir
 
 REPLICAS: tuple[int, ...] = (1, 2, 3)
 _NAME = re.compile(r"[A-Za-z0-9]+_[A-Za-z0-9]+")  # PDB id + chain, e.g. 6o2v_A; also keeps the URL well-formed
@@ -126,32 +126,15 @@ def extract_archive(zip_path: str | Path, out_dir: str | Path, name: str) -> lis
     """
     out_dir = Path(out_dir)
     root = verify_archive(zip_path, name)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
-        with zipfile.ZipFile(zip_path) as zf:
-            for info in zf.infolist():
-                path = PurePosixPath(info.filename.replace("\\", "/"))
-                if info.is_dir() or not path.is_relative_to(root):
-                    continue
-                dest = tmp.joinpath(*path.relative_to(root).parts)
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(info) as src, open(dest, "wb") as dst:
-                    shutil.copyfileobj(src, dst, 1 << 20)
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
-            out_dir.replace(old / out_dir.name)
-            try:
-                tmp.replace(out_dir)
-            except BaseException:
-                (old / out_dir.name).replace(out_dir)  # put the previous good output back
-                raise
-            shutil.rmtree(old)
-        else:
-            tmp.replace(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with atomic_dir(out_dir) as tmp, zipfile.ZipFile(zip_path) as zf:
+        for info in zf.infolist():
+            path = PurePosixPath(info.filename.replace("\\", "/"))
+            if info.is_dir() or not path.is_relative_to(root):
+                continue
+            dest = tmp.joinpath(*path.relative_to(root).parts)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(info) as src, open(dest, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
     return sorted(p for p in out_dir.rglob("*") if p.is_file())
 
 

@@ -16,25 +16,21 @@ identical but the CPU platform's summation order makes trajectories differ (stat
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import logging
 import os
 import random
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
 from starmd.config import dataclass_section, section_json
 from starmd.data.residues import sequence_to_aatype
-from starmd.io import write_json
+from starmd.io import atomic_dir, write_json
 
 log = logging.getLogger(__name__)
 
@@ -187,29 +183,6 @@ def run_replica(topology, system, start_positions, cfg: DemoConfig, seed: int, t
     wall = time.perf_counter() - t0
     return xyz, {"seed": seed, "production_wall_s": round(wall, 2),
                  "ns_per_day": round(cfg.production_ps * 1e-3 / max(wall, 1e-9) * 86400, 2)}
-
-
-@contextlib.contextmanager
-def atomic_dir(target: Path) -> Iterator[Path]:
-    """Yield a temp directory beside `target`; it replaces `target` only when the block finishes, so an
-    interrupted run never leaves a directory that looks complete."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    work.chmod(0o777 & ~umask)  # mkdtemp makes it private; the finished directory gets the usual permissions
-    try:
-        yield work
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-            os.replace(target, old / target.name)
-            os.replace(work, target)
-            shutil.rmtree(old)
-        else:
-            os.replace(work, target)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
 
 
 def prepare_demo(name: str, out_dir: str | os.PathLike, cfg: DemoConfig, threads: int = 1) -> Path:

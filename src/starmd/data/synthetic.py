@@ -34,8 +34,7 @@ import numpy as np
 import scipy.linalg
 
 from starmd.config import dataclass_section
-from starmd.data.demo import atomic_dir
-from starmd.io import write_json
+from starmd.io import atomic_dir, write_json
 
 log = logging.getLogger(__name__)
 

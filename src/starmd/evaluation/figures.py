@@ -18,6 +18,7 @@ import matplotlib.style
 import numpy as np
 from matplotlib.figure import Figure
 
+from starmd.errors import reading
 from starmd.evaluation.config import EvaluationConfig
 from starmd.evaluation.report import write_html
 from starmd.evaluation.summary import (COLUMNS, load_eval, mean_time_curves, rows_to_csv, rows_to_markdown,
@@ -156,7 +157,8 @@ def plot_truth_acf(evals: list[dict]):
 
 def read_kv_bench(path: Path) -> list[dict]:
     """KV benchmark JSON: {"records": [...]} or a list; each record has n_residues, n_frames and *_bytes fields."""
-    data = json.loads(path.read_text())
+    with reading(path, "benchmark JSON (truncated?)", "delete it; snakemake reruns bench_kv_cache"):
+        data = json.loads(path.read_text())
     records = data.get("records") if isinstance(data, dict) else data
     if not isinstance(records, list) or not records:
         raise ValueError(f"{path}: expected a non-empty list of records (top level or under 'records')")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from starmd.errors import reading
 from starmd.evaluation.evaluate import BASELINES, FORMAT_VERSION, METRICS
 
 TABLE_ENSEMBLES = ("model", "oracle", "baseline_noise", "baseline_replica")
@@ -17,10 +18,8 @@ TABLE_ENSEMBLES = ("model", "oracle", "baseline_noise", "baseline_replica")
 def load_eval(path: str | Path) -> dict:
     """One eval JSON written by `python -m starmd evaluate`, checked for the keys the figures read."""
     path = Path(path)
-    try:
+    with reading(path, "eval JSON (truncated?)", "delete it; snakemake reruns evaluate"):
         data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: cannot read eval JSON ({exc})") from None
     if data.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path}: eval format_version {data.get('format_version')!r}, expected {FORMAT_VERSION}")
     for key in ("name", "metrics", "curves"):

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from starmd.errors import reading
 from starmd.evaluation import metrics as M
 
 TRUTH_KEYS = ("frame_interval_ps", "mean_ca_A", "ca_rmsf_A", "mean_pairwise_rmsd_A", "rmsd_to_start_plateau_A",
@@ -42,7 +43,8 @@ DESCRIPTIONS = {
 
 def load_truth(path: str | Path) -> dict[str, Any]:
     """Read truth.json, checking the keys evaluation uses (a named error, not a KeyError deep inside)."""
-    truth = json.loads(Path(path).read_text())
+    with reading(path, "truth JSON (truncated?)", "delete it; snakemake reruns prepare_synthetic"):
+        truth = json.loads(Path(path).read_text())
     missing = [k for k in TRUTH_KEYS if k not in truth]
     if missing:
         raise ValueError(f"{path}: missing key(s) {missing}; expected a truth.json written by prepare-synthetic")

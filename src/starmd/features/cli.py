@@ -9,7 +9,9 @@ import time
 from pathlib import Path
 
 from starmd.config import section_json, section_keys
+from starmd.data.frames import RAW_FIX
 from starmd.data.residues import protein_residues
+from starmd.errors import reading
 from starmd.features import FEATURIZERS, get_featurizer
 from starmd.features.io import write_features
 
@@ -26,11 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     cfg = section_keys(section_json(args.config_json, "features"), {"featurizer", *FEATURIZERS}, "features")
-    if not args.pdb.is_file():
-        raise FileNotFoundError(f"{args.pdb}: no such file (--pdb)")
     import mdtraj as md
 
-    sequence = protein_residues(md.load_topology(str(args.pdb)), str(args.pdb))[0]
+    with reading(args.pdb, "PDB structure", RAW_FIX):
+        topology = md.load_topology(str(args.pdb))
+    sequence = protein_residues(topology, str(args.pdb))[0]
     t0 = time.perf_counter()
     single, pair, attrs = get_featurizer(args.featurizer)(name=args.name, sequence=sequence, pdb_path=args.pdb,
                                                           cfg=cfg)

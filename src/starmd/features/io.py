@@ -14,10 +14,13 @@ from typing import Any
 import h5py
 import numpy as np
 
+from starmd.errors import InputError, check_finite_dataset, open_h5
 from starmd.io import atomic_path
 
 REQUIRED_ATTRS = ("featurizer", "sequence")
 PAIR_DTYPES = (np.float32, np.float16)  # float16 allowed for OpenFold's large pair tensors
+# what to do about a features file a reader cannot use
+FEATURES_FIX = "delete it; snakemake reruns featurize"
 
 
 def write_features(path: str | os.PathLike, single: np.ndarray, pair: np.ndarray, attrs: dict[str, Any]) -> Path:
@@ -51,22 +54,25 @@ def write_features(path: str | os.PathLike, single: np.ndarray, pair: np.ndarray
 
 
 def check_features(h5: h5py.File, path: str | os.PathLike) -> tuple[int, int, int]:
-    """Check an open features HDF5 against the schema; returns (N, c_s, c_z).
+    """Check an open features HDF5 against the schema, values included (all finite); returns (N, c_s, c_z).
 
-    The one check every reader (rollout via read_features, training) runs before it trusts the shapes.
+    The one check every reader (rollout via read_features, training) runs before it trusts the file.
     """
     for key in ("single", "pair"):
         if key not in h5:
-            raise ValueError(f"{path}: missing dataset {key!r} (features schema, docs/architecture.md)")
+            raise InputError(path, f"missing dataset {key!r} (features schema, docs/architecture.md)", FEATURES_FIX)
     single, pair = h5["single"].shape, h5["pair"].shape
     if len(single) != 2 or len(pair) != 3 or pair[:2] != (single[0], single[0]):
-        raise ValueError(f"{path}: expected single [N, c_s] and pair [N, N, c_z], got single {single}, pair {pair}")
+        raise InputError(path, f"expected single [N, c_s] and pair [N, N, c_z], got single {single}, pair {pair}",
+                         FEATURES_FIX)
+    for key in ("single", "pair"):
+        check_finite_dataset(path, h5[key], FEATURES_FIX)
     return int(single[0]), int(single[1]), int(pair[2])
 
 
 def read_features(path: str | os.PathLike) -> dict[str, Any]:
     """-> {'single': [N, c_s], 'pair': [N, N, c_z], 'attrs': {...}} (JSON-valued attrs stay strings)."""
-    with h5py.File(path, "r") as f:
+    with open_h5(path, "features HDF5", FEATURES_FIX) as f:
         check_features(f, path)
         attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
         return {"single": f["single"][()], "pair": f["pair"][()], "attrs": attrs}

@@ -82,9 +82,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config-json", required=True, help="JSON of the `rollout` config section")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
-    for p in (args.checkpoint, args.features, args.frames):
-        if not p.is_file():
-            raise FileNotFoundError(f"{p}: no such file")
     cfg = RolloutConfig.from_json(args.config_json)
     log.info("rollout config %s", json.dumps(cfg.to_dict(), sort_keys=True))
     rollout_protein(checkpoint=args.checkpoint, features_path=args.features, frames_path=args.frames, out=args.out,

@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import torch
 
-from starmd.data.frames import check_frames
-from starmd.features.io import read_features
+from starmd.data.frames import FRAMES_FIX, check_frames
+from starmd.errors import InputError, open_h5
+from starmd.features.io import FEATURES_FIX, read_features
 from starmd.geometry import Rigid
 from starmd.model.network import StarMD
 from starmd.training.checkpoint import load_checkpoint
@@ -46,7 +46,7 @@ def load_features(path: str | Path) -> Features:
     path = Path(path)
     raw = read_features(path)
     if "sequence" not in raw["attrs"]:
-        raise ValueError(f"{path}: missing root attribute 'sequence'")
+        raise InputError(path, "missing root attribute 'sequence'", FEATURES_FIX)
     single = torch.from_numpy(np.asarray(raw["single"], dtype=np.float32))
     pair = torch.from_numpy(np.asarray(raw["pair"], dtype=np.float32))
     sequence = str(raw["attrs"]["sequence"])
@@ -60,7 +60,7 @@ def load_features(path: str | Path) -> Features:
 def load_start(path: str | Path, replica: str | None = None, frame: int | None = None) -> StartStructure:
     """The `start` group of a frames HDF5, or MD frame `frame` of `replicas/{replica}` when a replica is given."""
     path = Path(path)
-    with h5py.File(path, "r") as h5:
+    with open_h5(path, "frames HDF5", FRAMES_FIX) as h5:
         check_frames(h5, path)
         if replica is None:
             if frame is not None:

@@ -21,6 +21,7 @@ import mdtraj as md
 import numpy as np
 import torch
 
+from starmd.errors import InputError, open_h5
 from starmd.geometry import Rigid
 from starmd.io import atomic_path
 from starmd.geometry.backbone import backbone_atoms
@@ -28,6 +29,8 @@ from starmd.rollout.backbone import backbone_topology
 
 FORMAT_VERSION = 1
 _NM_PER_A = 0.1
+# what to do about a rollout file a reader cannot use
+ROLLOUT_FIX = "delete it; snakemake reruns the rollout"
 
 
 @dataclass(frozen=True)
@@ -88,10 +91,11 @@ ROLLOUT_DATASETS = ("rotations", "translations", "time_ps", "validity", "start/r
 
 def read_rollout_h5(path: str | Path) -> RolloutRecord:
     """Inverse of `write_rollout_h5` (non-scalar attrs come back as their JSON strings); the one reader of the format."""
-    with h5py.File(path, "r") as h5:
+    with open_h5(path, "rollout HDF5", ROLLOUT_FIX) as h5:
         missing = [key for key in ROLLOUT_DATASETS if key not in h5]
         if missing:
-            raise ValueError(f"{path}: missing dataset(s) {missing} (rollout format, docs/architecture.md)")
+            raise InputError(path, f"missing dataset(s) {missing} (rollout format, docs/architecture.md)",
+                             ROLLOUT_FIX)
         return RolloutRecord(
             rotations=h5["rotations"][()], translations=h5["translations"][()], time_ps=h5["time_ps"][()],
             validity=h5["validity"][()], start_rotations=h5["start/rotations"][()],

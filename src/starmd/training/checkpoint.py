@@ -21,9 +21,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from starmd.errors import InputError, describe, missing_fix
 from starmd.io import atomic_path
 
 FORMAT_VERSION = 1
+# what to do about a checkpoint nothing can load
+CHECKPOINT_FIX = "delete it; snakemake reruns train"
 
 
 def rng_state() -> dict[str, Any]:
@@ -53,13 +56,16 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     weights_only=False: the file holds numpy/python RNG states; checkpoints are our own trusted outputs.
     """
     path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "no such checkpoint", missing_fix(CHECKPOINT_FIX))
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as exc:  # a truncated or foreign file: say which one
-        raise ValueError(f"{path}: not a loadable starmd checkpoint ({exc})") from exc
+        raise InputError(path, f"not a loadable starmd checkpoint, truncated? ({describe(exc)})", CHECKPOINT_FIX) \
+            from exc
     if not isinstance(ckpt, dict) or ckpt.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: expected a starmd checkpoint with format_version {FORMAT_VERSION}")
+        raise InputError(path, f"not a starmd checkpoint with format_version {FORMAT_VERSION}", CHECKPOINT_FIX)
     for key in ("step", "model", "ema", "optimizer", "scheduler", "rng", "config"):
         if key not in ckpt:
-            raise ValueError(f"{path}: checkpoint lacks {key!r}")
+            raise InputError(path, f"checkpoint lacks {key!r}", CHECKPOINT_FIX)
     return ckpt

@@ -8,7 +8,8 @@ training starts afresh: the Snakemake rule passes it, since Snakemake reruns `tr
 inputs changed, while a requeued job (same config, same files) still resumes.
 
 Exit status: 0 done (final.pt written); 75 stopped by SIGUSR1/SIGTERM after saving last.pt (rerun to resume, see
-starmd.training.signals); 1 failed (bad input, non-finite loss K steps in a row).
+starmd.training.signals); 1 failed (bad input, reported as one line by `python -m starmd`; non-finite loss K steps
+in a row).
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ import logging
 import sys
 from typing import Any
 
-import h5py
 import torch
 
 from starmd.diffusion import SE3Diffuser
-from starmd.features.io import check_features
+from starmd.errors import open_h5
+from starmd.features.io import FEATURES_FIX, check_features
 from starmd.io import file_fingerprint
 from starmd.model import StarMD
 from starmd.training.config import TrainingConfig
@@ -53,7 +54,7 @@ def feature_dims(paths: list[str]) -> tuple[int, int]:
     """(c_s, c_z) shared by every features file; the model's input widths."""
     dims = set()
     for p in paths:
-        with h5py.File(p, "r") as f:
+        with open_h5(p, "features HDF5", FEATURES_FIX) as f:
             dims.add(check_features(f, p)[1:])
     if len(dims) != 1:
         raise ValueError(f"features files disagree on (c_s, c_z): {sorted(dims)}; use one featurizer for a run")
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     except Preempted as exc:
         log.warning("%s", exc)
         return REQUEUE_EXIT_CODE
-    except (ValueError, NonFiniteLoss) as exc:
+    except NonFiniteLoss as exc:  # bad inputs (ValueError) are reported by `python -m starmd`, like every step's
         log.error("%s", exc)
         return 1
     finally:

@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from starmd.data.frames import check_frames
-from starmd.features.io import check_features
+from starmd.data.frames import FRAMES_FIX, check_frames
+from starmd.errors import open_h5
+from starmd.features.io import FEATURES_FIX, check_features
 
 
 @dataclass(frozen=True)
@@ -38,12 +39,12 @@ class ProteinEntry:
 
 def _read_entry(frames_path: Path, features_path: Path) -> ProteinEntry:
     """Check the two files against the documented schema and each other; errors name the file and key."""
-    with h5py.File(frames_path, "r") as f:
+    with open_h5(frames_path, "frames HDF5", FRAMES_FIX) as f:
         n = check_frames(f, frames_path)
         replicas = sorted(f["replicas"])
         n_frames = [int(f["replicas"][rep]["translations"].shape[0]) for rep in replicas]
         name, sequence, dt_ps = str(f.attrs["name"]), str(f.attrs["sequence"]), float(f.attrs["dt_ps"])
-    with h5py.File(features_path, "r") as h:
+    with open_h5(features_path, "features HDF5", FEATURES_FIX) as h:
         if check_features(h, features_path)[0] != n:
             raise ValueError(f"{features_path}: single {h['single'].shape} / pair {h['pair'].shape} do not match "
                              f"{n} residues of {frames_path}")

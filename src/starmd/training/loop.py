@@ -24,6 +24,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from starmd.errors import InputError
 from starmd.io import atomic_path
 from starmd.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from starmd.training.config import RESUMABLE_KEYS, TrainingConfig
@@ -116,16 +117,17 @@ class Trainer:
         barrier()
 
     def resume_or_seed(self) -> None:
-        """Continue from last.pt if the run dir has one, else seed every RNG from (seed, rank)."""
-        if self.env.is_main:
-            for stale in self.ckpt_dir.glob(".*.pt.*"):  # temp files of a checkpoint write cut short by SIGKILL
-                stale.unlink()
-        if not self.last_path.exists():
+        """Continue from last.pt (or final.pt, see newest_good_checkpoint) if the run dir has one, else seed every RNG
+        from (seed, rank)."""
+        found = self.newest_good_checkpoint()
+        if found is None:
+            if self.env.is_main:  # rows of a run that left no loadable checkpoint (killed before the first, corrupt)
+                self.history.truncate_after(0)
             torch.manual_seed(self.cfg.seed * 1000 + self.env.rank)
             return
-        ckpt = load_checkpoint(self.last_path)  # CPU: RNG states must stay CPU tensors; load_state_dict moves weights
+        path, ckpt = found
         try:
-            _check_resumable(ckpt["config"], self.config, self.last_path)
+            _check_resumable(ckpt["config"], self.config, path)
         except StaleRun as exc:
             if not self.restart_if_changed:
                 raise
@@ -144,11 +146,34 @@ class Trainer:
             set_rng_state(ckpt["rng"][self.env.rank])
         else:
             log.warning("%s was written by %d ranks, now %d: RNG states reseeded (data order is unaffected)",
-                        self.last_path, ckpt["world_size"], self.env.world_size)
+                        path, ckpt["world_size"], self.env.world_size)
             torch.manual_seed(self.cfg.seed * 1000 + self.env.rank + self.step)
         if self.env.is_main:
             self.history.truncate_after(self.step)
-            log.info("resumed %s at step %d", self.last_path, self.step)
+            log.info("resumed %s at step %d", path, self.step)
+
+    def newest_good_checkpoint(self) -> tuple[Path, dict[str, Any]] | None:
+        """(path, contents) of last.pt, or of final.pt when last.pt cannot be loaded (truncated by a full disk, a
+        copy cut short); None when neither exists. An unloadable file is moved aside (`{name}.corrupt-<UTC time>`,
+        never deleted) with a warning, so training resumes from the newest good state or starts over, saying so."""
+        found, corrupt = None, []
+        for path in (self.last_path, self.final_path):
+            if path.exists():
+                try:
+                    found = path, load_checkpoint(path)  # CPU: RNG states stay CPU tensors; weights move on load
+                    break
+                except InputError as exc:
+                    corrupt.append(exc)
+        barrier()  # every rank has looked before rank 0 moves anything
+        if self.env.is_main:
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            then = f"resuming from {found[0].name}" if found else "starting this run from step 0"
+            for exc in corrupt:
+                dest = Path(f"{exc.path}.corrupt-{stamp}")
+                Path(exc.path).rename(dest)
+                log.warning("%s: %s; moved it to %s, %s", exc.path, exc.problem, dest.name, then)
+        barrier()
+        return found
 
     def supersede(self, reason: StaleRun) -> None:
         """Move checkpoints/ of another experiment aside (never delete: it may be days of GPU time) and start afresh."""
