@@ -58,11 +58,6 @@ def features_json(wildcards):
     return json.dumps({"featurizer": f, f: config["features"].get(f, {})}, sort_keys=True)
 
 
-def featurize_env(wildcards):
-    """OpenFold needs its own environment (built from source); every other step shares envs/starmd.yaml."""
-    return "../envs/openfold.yaml" if wildcards.featurizer == "openfold" else "../envs/starmd.yaml"
-
-
 def demo_json_arg(wildcards):
     """make-splits needs the demo protein list only for the demo dataset."""
     return f"--demo-json {shlex.quote(section_json('demo'))}" if DATASET == "demo" else ""
@@ -108,8 +103,12 @@ ABLATION_TAUS = [f"{t:g}" for t in config["ablation"]["taus"]]
 
 def ablation_rollout_json(wildcards):
     """The rollout section with this ablation point's tau, horizon and sample count."""
-    cfg = dict(config["rollout"], tau=float(wildcards.tau), n_frames=config["ablation"]["n_frames"],
-               n_samples=config["ablation"]["n_samples"])
+    cfg = dict(
+        config["rollout"],
+        tau=float(wildcards.tau),
+        n_frames=config["ablation"]["n_frames"],
+        n_samples=config["ablation"]["n_samples"],
+    )
     return json.dumps(cfg, sort_keys=True)
 
 
@@ -119,11 +118,11 @@ def ablation_evals():
 
 def ablation_args():
     """`--ablation 'tau=0.05' a.json b.json ...` once per tau, for the stability figure."""
-    return " ".join(
-        f"--ablation {shlex.quote('tau=' + tau)} "
-        + " ".join(f"runs/{RUN}/ablation/tau{tau}/eval/{n}.json" for n in TEST_PROTEINS)
-        for tau in ABLATION_TAUS
-    )
+    args = []
+    for tau in ABLATION_TAUS:
+        args += ["--ablation", shlex.quote(f"tau={tau}")]
+        args += [f"runs/{RUN}/ablation/tau{tau}/eval/{n}.json" for n in TEST_PROTEINS]
+    return " ".join(args)
 
 
 FIGURES = ["metrics_table", "stability", "rmsf", "pca_density", "autocorrelation", "training", "kv_cache_memory"]
@@ -132,6 +131,12 @@ FIGURES = ["metrics_table", "stability", "rmsf", "pca_density", "autocorrelation
 # --- benchmarks -------------------------------------------------------------------------------------------------
 def bench_settings():
     return config["benchmarks"]
+
+
+def bench_threads():
+    """Every core of a local run (--cores), so no other job runs beside a timing. Where no total core count exists
+    (a cluster executor, --report) the job gets its own allocation: benchmarks.threads, the threads the scripts use."""
+    return workflow.resource_settings.cores or bench_settings()["threads"]
 
 
 def bench_section_json(name):
@@ -175,12 +180,12 @@ def bench_targets():
 
 # --- targets ----------------------------------------------------------------------------------------------------
 def data_targets():
-    return (
-        expand("data/splits/{split}.txt", split=["train", "val", "test"])
-        + expand("data/frames/{name}.h5", name=PROTEINS)
-        + expand("data/features/{featurizer}/{name}.h5", featurizer=FEATURIZER, name=PROTEINS)
-    )
+    return [
+        *expand("data/splits/{split}.txt", split=["train", "val", "test"]),
+        *expand("data/frames/{name}.h5", name=PROTEINS),
+        *expand("data/features/{featurizer}/{name}.h5", featurizer=FEATURIZER, name=PROTEINS),
+    ]
 
 
 def all_targets():
-    return data_targets() + [f"runs/{RUN}/figures/report.html"]
+    return [*data_targets(), f"runs/{RUN}/figures/report.html"]
