@@ -7,7 +7,7 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-from starmd.bench.config import section_for
+from starmd.bench.config import load_settings, section_for
 
 validate(config, "../schemas/config.schema.yaml")
 
@@ -136,7 +136,7 @@ def bench_settings():
 def bench_threads():
     """Every core of a local run (--cores), so no other job runs beside a timing. Where no total core count exists
     (a cluster executor, --report) the job gets its own allocation: benchmarks.threads, the threads the scripts use."""
-    return workflow.resource_settings.cores or bench_settings()["threads"]
+    return workflow.resource_settings.cores or load_settings(json.dumps(bench_settings()), BENCH_SCHEMA)["threads"]
 
 
 def bench_section_json(name):
