@@ -6,4 +6,5 @@ if [[ ! -f scripts/install_openfold.sh ]]; then
     echo "openfold.post-deploy.sh: run snakemake from the starmd repository root (no scripts/install_openfold.sh in $PWD)" >&2
     exit 1
 fi
-bash scripts/install_openfold.sh
+# starmd (the build shim) comes from this checkout, as in every job (the Snakefile's shell prefix)
+PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" bash scripts/install_openfold.sh

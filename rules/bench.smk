@@ -2,8 +2,9 @@
 # Each rule runs one script of benchmarks/ and writes benchmarks/results/<name>.json (machine description, exact
 # command, settings, numbers) and <name>.png. Settings: config section `benchmarks` (schemas/benchmarks.schema.yaml);
 # each rule passes the shared keys plus its own sub-section, so changing one benchmark's settings reruns only it.
-# Each job claims every core (threads: workflow.cores) so no other job runs beside a timing; the scripts themselves
-# use benchmarks.threads. Its helpers (bench_*) live in common.smk with every other helper.
+# Locally each job claims every core (bench_threads) so no other job runs beside a timing; the scripts themselves
+# use benchmarks.threads.
+
 
 rule bench_kv_cache:
     """Singles KV cache (measured on a real paper-scale model) vs per-frame pair cache (allocated up to a budget,
@@ -14,13 +15,13 @@ rule bench_kv_cache:
     output:
         json="benchmarks/results/kv_cache_memory.json",
         png="benchmarks/results/kv_cache_memory.png",
-    conda:
-        "../envs/starmd.yaml"
     log:
         "logs/bench/kv_cache_memory.log",
+    conda:
+        "../envs/starmd.yaml"
+    threads: bench_threads()
     params:
         settings=bench_section_json("kv_cache"),
-    threads: workflow.cores
     shell:
         "python {input.script} --config-json {params.settings:q} --out-json {output.json} "
         "--out-png {output.png} > {log} 2>&1"
@@ -34,13 +35,13 @@ rule bench_training:
     output:
         json="benchmarks/results/training_throughput.json",
         png="benchmarks/results/training_throughput.png",
-    conda:
-        "../envs/starmd.yaml"
     log:
         "logs/bench/training_throughput.log",
+    conda:
+        "../envs/starmd.yaml"
+    threads: bench_threads()
     params:
         settings=bench_section_json("training"),
-    threads: workflow.cores
     shell:
         "python {input.script} --config-json {params.settings:q} --out-json {output.json} "
         "--out-png {output.png} > {log} 2>&1"
@@ -55,14 +56,14 @@ rule bench_rollout_speed:
     output:
         json="benchmarks/results/rollout_speed.json",
         png="benchmarks/results/rollout_speed.png",
-    conda:
-        "../envs/starmd.yaml"
     log:
         "logs/bench/rollout_speed.log",
+    conda:
+        "../envs/starmd.yaml"
+    threads: bench_threads()
     params:
         settings=bench_section_json("rollout_speed"),
         demo=bench_demo_json(),
-    threads: workflow.cores
     shell:
         "python {input.script} --config-json {params.settings:q} --demo-json {params.demo:q} "
         "--out-json {output.json} --out-png {output.png} > {log} 2>&1"
@@ -77,13 +78,13 @@ rule bench_sampling_steps:
     output:
         json="benchmarks/results/sampling_steps.json",
         png="benchmarks/results/sampling_steps.png",
-    conda:
-        "../envs/starmd.yaml"
     log:
         "logs/bench/sampling_steps.log",
+    conda:
+        "../envs/starmd.yaml"
+    threads: bench_threads()
     params:
         settings=bench_section_json("sampling_steps"),
-    threads: workflow.cores
     shell:
         "python {input.script} --config-json {params.settings:q} --checkpoint {input.checkpoint} "
         "--features {input.features} --frames {input.frames} --out-json {output.json} --out-png {output.png} "

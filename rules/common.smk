@@ -8,7 +8,7 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-from starmd.bench.config import section_for
+from starmd.bench.config import load_settings, section_for
 from starmd.config import validate_config
 
 # The MD replicas every dataset provides (prepare_demo writes them, ATLAS ships them).
@@ -24,20 +24,28 @@ def check_config():
     evaluation = config["evaluation"]
     for key in ("reference_replica", "oracle_replica"):
         if evaluation.get(key, REPLICAS[0]) not in REPLICAS:
-            raise ValueError(f"config evaluation.{key}: {evaluation[key]!r} is not a replica of the dataset "
-                             f"(allowed: one of {', '.join(REPLICAS)})")
+            raise ValueError(
+                f"config evaluation.{key}: {evaluation[key]!r} is not a replica of the dataset "
+                f"(allowed: one of {', '.join(REPLICAS)})"
+            )
     if "reference_replica" in evaluation and evaluation["reference_replica"] == evaluation.get("oracle_replica"):
-        raise ValueError("config evaluation.oracle_replica: must differ from evaluation.reference_replica "
-                         f"(allowed: another of {', '.join(REPLICAS)})")
+        raise ValueError(
+            "config evaluation.oracle_replica: must differ from evaluation.reference_replica "
+            f"(allowed: another of {', '.join(REPLICAS)})"
+        )
     dataset = config["dataset"]
     seeds = config.get(dataset, {}).get("replica_seeds")  # the demo and synthetic datasets make their replicas
     if seeds is not None and len(seeds) != len(REPLICAS):
-        raise ValueError(f"config {dataset}.replica_seeds: {len(seeds)} seeds, but the workflow reads {len(REPLICAS)} "
-                         f"replicas (allowed: exactly {len(REPLICAS)} distinct seeds)")
+        raise ValueError(
+            f"config {dataset}.replica_seeds: {len(seeds)} seeds, but the workflow reads {len(REPLICAS)} "
+            f"replicas (allowed: exactly {len(REPLICAS)} distinct seeds)"
+        )
     window, horizon = config["training"]["num_frames"], config["ablation"]["n_frames"]
     if horizon < 10 * window:
-        raise ValueError(f"config ablation.n_frames: {horizon} is shorter than 10 x training.num_frames "
-                         f"(allowed: >= {10 * window}; the ablation is about long horizons)")
+        raise ValueError(
+            f"config ablation.n_frames: {horizon} is shorter than 10 x training.num_frames "
+            f"(allowed: >= {10 * window}; the ablation is about long horizons)"
+        )
 
 
 try:
@@ -69,8 +77,12 @@ def _protein_splits():
     """{split: [names]} exactly as make_splits writes them (same library call, so the DAG and the files agree)."""
     from starmd.data.splits import SplitsConfig, make_splits
 
-    return make_splits(DATASET, SplitsConfig.from_dict(config["splits"]), demo_section=config["demo"],
-                       synthetic_section=config["synthetic"])
+    return make_splits(
+        DATASET,
+        SplitsConfig.from_dict(config["splits"]),
+        demo_section=config["demo"],
+        synthetic_section=config["synthetic"],
+    )
 
 
 SPLITS = _protein_splits()
@@ -96,11 +108,6 @@ def features_json(wildcards):
     """Only the chosen featurizer's settings, so tuning one featurizer never reruns the other."""
     f = wildcards.featurizer
     return json.dumps({"featurizer": f, f: config["features"].get(f, {})}, sort_keys=True)
-
-
-def featurize_env(wildcards):
-    """OpenFold needs its own environment (built from source); every other step shares envs/starmd.yaml."""
-    return "../envs/openfold.yaml" if wildcards.featurizer == "openfold" else "../envs/starmd.yaml"
 
 
 def dataset_json_arg(wildcards):
@@ -140,8 +147,12 @@ ABLATION_TAUS = [f"{t:g}" for t in config["ablation"]["taus"]]
 
 def ablation_rollout_json(wildcards):
     """The rollout section with this ablation point's tau, horizon and sample count."""
-    cfg = dict(config["rollout"], tau=float(wildcards.tau), n_frames=config["ablation"]["n_frames"],
-               n_samples=config["ablation"]["n_samples"])
+    cfg = dict(
+        config["rollout"],
+        tau=float(wildcards.tau),
+        n_frames=config["ablation"]["n_frames"],
+        n_samples=config["ablation"]["n_samples"],
+    )
     return json.dumps(cfg, sort_keys=True)
 
 
@@ -151,11 +162,11 @@ def ablation_evals():
 
 def ablation_args():
     """`--ablation 'tau=0.05' a.json b.json ...` once per tau, for the stability figure."""
-    return " ".join(
-        f"--ablation {shlex.quote('tau=' + tau)} "
-        + " ".join(f"runs/{RUN}/ablation/tau{tau}/eval/{n}.json" for n in TEST_PROTEINS)
-        for tau in ABLATION_TAUS
-    )
+    args = []
+    for tau in ABLATION_TAUS:
+        args += ["--ablation", shlex.quote(f"tau={tau}")]
+        args += [f"runs/{RUN}/ablation/tau{tau}/eval/{n}.json" for n in TEST_PROTEINS]
+    return " ".join(args)
 
 
 FIGURES = ["metrics_table", "stability", "rmsf", "pca_density", "autocorrelation", "training", "kv_cache_memory"]
@@ -166,6 +177,12 @@ if DATASET == "synthetic":
 # --- benchmarks -------------------------------------------------------------------------------------------------
 def bench_settings():
     return config["benchmarks"]
+
+
+def bench_threads():
+    """Every core of a local run (--cores), so no other job runs beside a timing. Where no total core count exists
+    (a cluster executor, --report) the job gets its own allocation: benchmarks.threads, the threads the scripts use."""
+    return workflow.resource_settings.cores or load_settings(json.dumps(bench_settings()), BENCH_SCHEMA)["threads"]
 
 
 def bench_section_json(name):
@@ -209,12 +226,12 @@ def bench_targets():
 
 # --- targets ----------------------------------------------------------------------------------------------------
 def data_targets():
-    return (
-        expand("data/splits/{split}.txt", split=["train", "val", "test"])
-        + expand("data/frames/{name}.h5", name=PROTEINS)
-        + expand("data/features/{featurizer}/{name}.h5", featurizer=FEATURIZER, name=PROTEINS)
-    )
+    return [
+        *expand("data/splits/{split}.txt", split=["train", "val", "test"]),
+        *expand("data/frames/{name}.h5", name=PROTEINS),
+        *expand("data/features/{featurizer}/{name}.h5", featurizer=FEATURIZER, name=PROTEINS),
+    ]
 
 
 def all_targets():
-    return data_targets() + [f"runs/{RUN}/figures/report.html"]
+    return [*data_targets(), f"runs/{RUN}/figures/report.html"]

@@ -7,19 +7,25 @@ rule prepare_demo:
         pdb="data/raw/demo/{name}/{name}.pdb",
         xtc=expand("data/raw/demo/{{name}}/{{name}}_prod_{replica}_fit.xtc", replica=["R1", "R2", "R3"]),
         provenance="data/raw/demo/{name}/provenance.json",
-    conda:
-        "../envs/starmd.yaml"
     log:
         "logs/prepare_demo/{name}.log",
     benchmark:
         "benchmarks/rules/prepare_demo/{name}.tsv"
+    conda:
+        "../envs/starmd.yaml"
+    threads: 1
     params:
         cfg=section_json("demo"),
         out_dir="data/raw/demo/{name}",
-    threads: 1
     shell:
         "python -m starmd prepare-demo --name {wildcards.name} --out-dir {params.out_dir} --threads {threads} "
         "--config-json {params.cfg:q} > {log} 2>&1"
+
+
+# Downloads run where Snakemake runs (the login node: compute nodes often have no internet), at most
+# `--resources downloads=N` at once against the one ATLAS host (the slurm/ profile sets 4).
+localrules:
+    download_atlas,
 
 
 rule prepare_synthetic:
@@ -29,17 +35,18 @@ rule prepare_synthetic:
         xtc=expand("data/raw/synthetic/{{name}}/{{name}}_prod_{replica}_fit.xtc", replica=["R1", "R2", "R3"]),
         truth="data/raw/synthetic/{name}/truth.json",
         provenance="data/raw/synthetic/{name}/provenance.json",
-    conda:
-        "../envs/starmd.yaml"
     log:
         "logs/prepare_synthetic/{name}.log",
     benchmark:
         "benchmarks/rules/prepare_synthetic/{name}.tsv"
+    conda:
+        "../envs/starmd.yaml"
     params:
         cfg=section_json("synthetic"),
         out_dir="data/raw/synthetic/{name}",
     shell:
-        "python -m starmd prepare-synthetic --name {wildcards.name} --out-dir {params.out_dir} --config-json {params.cfg:q} > {log} 2>&1"
+        "python -m starmd prepare-synthetic --name {wildcards.name} --out-dir {params.out_dir} "
+        "--config-json {params.cfg:q} > {log} 2>&1"
 
 
 rule download_atlas:
@@ -47,16 +54,16 @@ rule download_atlas:
     output:
         pdb="data/raw/atlas/{name}/{name}.pdb",
         xtc=expand("data/raw/atlas/{{name}}/{{name}}_prod_{replica}_fit.xtc", replica=["R1", "R2", "R3"]),
-    conda:
-        "../envs/starmd.yaml"
     log:
         "logs/download_atlas/{name}.log",
+    retries: 2
+    conda:
+        "../envs/starmd.yaml"
+    resources:
+        downloads=1,
     params:
         cfg=section_json("atlas"),
         out_dir="data/raw/atlas/{name}",
-    retries: 2
-    resources:
-        downloads=1,
     shell:
         "python -m starmd download-atlas --name {wildcards.name} --out-dir {params.out_dir} "
         "--config-json {params.cfg:q} > {log} 2>&1"
@@ -66,10 +73,10 @@ rule make_splits:
     """data/splits/{train,val,test}.txt: the shipped AlphaFlow/MDGen lists (ATLAS) or the demo assignment."""
     output:
         expand("data/splits/{split}.txt", split=["train", "val", "test"]),
-    conda:
-        "../envs/starmd.yaml"
     log:
         "logs/make_splits.log",
+    conda:
+        "../envs/starmd.yaml"
     params:
         cfg=section_json("splits"),
         dataset=DATASET,
@@ -86,12 +93,12 @@ rule extract_frames:
         xtc=raw_xtcs,
     output:
         "data/frames/{name}.h5",
-    conda:
-        "../envs/starmd.yaml"
     log:
         "logs/extract_frames/{name}.log",
     benchmark:
         "benchmarks/rules/extract_frames/{name}.tsv"
+    conda:
+        "../envs/starmd.yaml"
     params:
         cfg=section_json("frames"),
     shell:

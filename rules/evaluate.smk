@@ -49,10 +49,11 @@ rule figures:
         metrics=f"runs/{RUN}/metrics.jsonl",
         kv_bench="benchmarks/results/kv_cache_memory.json",
     output:
-        report(f"runs/{RUN}/figures/report.html", category="Report"),
-        report(f"runs/{RUN}/figures/metrics_table.md", category="Metrics"),
+        report(f"runs/{RUN}/figures/report.html", caption="../report/report_html.rst", category="Report"),
+        report(f"runs/{RUN}/figures/metrics_table.md", caption="../report/metrics_table.rst", category="Metrics"),
         report(
             expand(f"runs/{RUN}/figures/{{fig}}.png", fig=FIGURES),
+            caption="../report/figures.rst",
             category="Figures",
         ),
         expand(f"runs/{RUN}/figures/{{fig}}.pdf", fig=FIGURES),

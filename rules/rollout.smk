@@ -17,11 +17,10 @@ rule rollout:
         f"benchmarks/rules/{RUN}/rollout/{{name}}.tsv"
     conda:
         "../envs/starmd.yaml"
-    params:
-        cfg=section_json("rollout"),
     resources:
         gpu=1,
-        tasks=1,
+    params:
+        cfg=section_json("rollout"),
     shell:
         "python -m starmd rollout --checkpoint {input.ckpt} --features {input.features} --frames {input.frames} "
         "--out {output.h5} --config-json {params.cfg:q} > {log} 2>&1"

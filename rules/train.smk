@@ -19,13 +19,12 @@ rule train:
         f"benchmarks/rules/{RUN}/train.tsv"
     conda:
         "../envs/starmd.yaml"
-    params:
-        cfg=section_json("training", "model", "diffusion"),
-        run_dir=run_dir,
     threads: 2
     resources:
         gpu=1,
-        tasks=1,
+    params:
+        cfg=section_json("training", "model", "diffusion"),
+        run_dir=run_dir,
     shell:
         # --nproc-per-node follows the GPUs the job got (at least one process on a CPU-only machine).
         "nproc=$(( {resources.gpu} > 1 ? {resources.gpu} : 1 )); "

@@ -57,7 +57,7 @@ DATA_TARGETS = [f"data/{kind}/{n}.h5" for kind in ("frames", "features/offline")
 
 
 def _copy_workflow(dst: Path) -> Path:
-    for item in ("Snakefile", "config.yaml", "rules", "schemas", "envs"):
+    for item in ("Snakefile", "config.yaml", "rules", "schemas", "envs", "report"):
         src = REPO / item
         (shutil.copytree if src.is_dir() else shutil.copy)(src, dst / item)
     (dst / "benchmarks").mkdir()
@@ -88,12 +88,14 @@ def test_dry_run_of_paper_and_demo_configs_resolves(configfile, tmp_path):
     args = ["-n"] + (["--configfile", configfile] if configfile else [])
     out = _snakemake(wf, *args).stdout
     jobs = _jobs(out)
-    for rule in ("extract_frames", "featurize", "train", "rollout", "evaluate", "figures"):
+    for rule in ("extract_frames", "train", "rollout", "evaluate", "figures"):
         assert jobs.get(rule, 0) >= 1, (rule, jobs)
-    if configfile is None:  # the paper setup downloads every ATLAS chain of the shipped splits
-        assert jobs["download_atlas"] == 1387 and "prepare_demo" not in jobs
+    if configfile is None:  # the paper setup downloads every ATLAS chain of the shipped splits, OpenFold features
+        assert jobs["download_atlas"] == jobs["featurize_openfold"] == 1387 and "prepare_demo" not in jobs
+        assert "featurize" not in jobs
     else:
-        assert jobs["prepare_demo"] == 3 and "download_atlas" not in jobs
+        assert jobs["prepare_demo"] == jobs["featurize"] == 3 and "download_atlas" not in jobs
+        assert "featurize_openfold" not in jobs
         assert jobs["rollout_ablation"] == 4 and jobs["evaluate_ablation"] == 4
 
 
