@@ -29,6 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = [("rmsf_r_exact", "RMSF r", "{:.2f}"), ("rmsf_ratio_exact", "RMSF ratio", "{:.2f}"),
            ("pairwise_rmsd_rel_error_exact", "pairwise RMSD err", "{:+.2f}"),
            ("acf_error_exact", "ACF err (3 modes)", "{:.3f}"),
+           ("slow_mode_amplitude_ratio_exact", "mode amplitude", "{:.2f}"),
+           ("slow_mode_mean_offset_exact", "mode offset", "{:.2f}"),
            ("rmsd_to_start_plateau_rel_error_exact", "plateau err", "{:+.2f}"),
            ("rmsd_to_start_drift_rel", "drift", "{:+.2f}")]
 

@@ -11,7 +11,7 @@ import scipy.integrate
 
 from starmd.data.synthetic import (SyntheticConfig, build_chain, ca_projections, mode_system, prepare_synthetic,
                                    simulate, stationary_samples, truth)
-from starmd.evaluation.truth import mode_acf, truth_section
+from starmd.evaluation.truth import mode_acf, mode_projections, truth_section
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def test_long_run_statistics_match_the_exact_ones(system):
     np.testing.assert_allclose(rmsf, exact, rtol=0.08)
     assert np.corrcoef(rmsf, exact)[0, 1] > 0.98
     for k in range(cfg.truth_n_modes):
-        acf = mode_acf(xyz, mean, np.asarray(t["slow_modes"]["projection_ca"][k]), 30)
+        acf = mode_acf(mode_projections(xyz, mean, np.asarray(t["slow_modes"]["projection_ca"][k])), 30)
         np.testing.assert_allclose(acf, np.asarray(t["slow_modes"]["acf"][k][:31]), atol=0.08)
     # the slowest projection's ACF oscillates: it goes negative within a period
     assert min(t["slow_modes"]["acf"][0][:15]) < -0.3
@@ -128,3 +128,4 @@ def test_truth_scores_separate_exact_dynamics_from_shuffled_and_frozen_frames(sy
     assert all(m[k]["model_meets_target"] for k in m), {k: m[k]["model"] for k in m}
     assert m["acf_error_exact"]["shuffled"] > 3 * m["acf_error_exact"]["model"]
     assert m["rmsf_ratio_exact"]["frozen"] < 0.1 and m["pairwise_rmsd_rel_error_exact"]["frozen"] < -0.9
+    assert m["slow_mode_amplitude_ratio_exact"]["frozen"] < 0.1

@@ -26,6 +26,8 @@ TARGETS: dict[str, tuple[str, Any]] = {
     "rmsf_ratio_exact": ("in [0.8, 1.25]", lambda v: 0.8 <= v <= 1.25),
     "pairwise_rmsd_rel_error_exact": ("<= 0.15", lambda v: abs(v) <= 0.15),
     "acf_error_exact": ("<= 0.1", lambda v: v <= 0.1),
+    "slow_mode_amplitude_ratio_exact": ("in [0.8, 1.25]", lambda v: 0.8 <= v <= 1.25),
+    "slow_mode_mean_offset_exact": ("<= 0.5", lambda v: v <= 0.5),
     "rmsd_to_start_plateau_rel_error_exact": ("<= 0.15", lambda v: abs(v) <= 0.15),
     "rmsd_to_start_drift_rel": ("<= 0.1", lambda v: abs(v) <= 0.1),
 }
@@ -33,7 +35,10 @@ DESCRIPTIONS = {
     "rmsf_r_exact": "Pearson r of per-residue CA RMSF with the exact RMSF",
     "rmsf_ratio_exact": "RMS over residues of the RMSF / that of the exact RMSF (magnitude)",
     "pairwise_rmsd_rel_error_exact": "(mean pairwise CA RMSD - exact expectation) / exact expectation",
-    "acf_error_exact": "mean over the slow modes of mean |ACF - exact ACF| over lags 1..3 decorrelation times",
+    "acf_error_exact": "mean over the slow modes of mean |ACF - exact ACF| over lags 1..3 decorrelation times (ACF "
+                       "of each trajectory about its own mean: the dynamics, apart from where and how wide)",
+    "slow_mode_amplitude_ratio_exact": "mean over the slow modes of std of the projection / exact std",
+    "slow_mode_mean_offset_exact": "mean over the slow modes of |mean of the projection - exact mean| / exact std",
     "rmsd_to_start_plateau_rel_error_exact": "(mean RMSD to the start structure over the second half - exact "
                                              "stationary value) / exact value",
     "rmsd_to_start_drift_rel": "(mean RMSD to start over the last quarter - over the second quarter) / exact "
@@ -62,16 +67,16 @@ def truth_lags(truth: dict[str, Any], spacing_ps: float) -> tuple[int, list[int]
     return step, windows
 
 
-def mode_acf(ca: list[np.ndarray], mean_ca: np.ndarray, projection: np.ndarray, max_lag: int) -> np.ndarray:
-    """Mean over trajectories of the autocorrelation of y = w . (x_CA - exact mean), about the exact mean (known,
-    so short trajectories are not biased by their own mean); lags 0..max_lag, each lag's sum over the trajectory
-    length as `metrics.autocorrelation`."""
-    curves = []
-    for traj in ca:
-        y = (traj - mean_ca).reshape(len(traj), -1) @ projection
-        power = float(y @ y)
-        n = min(max_lag, len(y) - 1) + 1
-        curves.append([float(y[: len(y) - k] @ y[k:]) / power if power > 0 else 0.0 for k in range(n)])
+def mode_projections(ca: list[np.ndarray], mean_ca: np.ndarray, projection: np.ndarray) -> list[np.ndarray]:
+    """y = w . (x_CA - exact mean) [F] of every trajectory (Angstrom)."""
+    return [(traj - mean_ca).reshape(len(traj), -1) @ projection for traj in ca]
+
+
+def mode_acf(ys: list[np.ndarray], max_lag: int) -> np.ndarray:
+    """Mean over trajectories of the autocorrelation of each projection about its own mean (the estimator of
+    `metrics.autocorrelation`), lags 0..max_lag: dynamics only; where the ensemble sits and how wide it is are
+    scored separately (mean offset, amplitude ratio)."""
+    curves = [M.autocorrelation(y, max_lag) for y in ys if len(y) > 1]
     n = min(len(c) for c in curves)
     return np.mean([c[:n] for c in curves], axis=0)
 
@@ -94,12 +99,16 @@ def score_against_truth(ca: list[np.ndarray], truth: dict[str, Any], spacing_ps:
     pairwise = M.mean_pairwise_rmsd(pooled, max_frames, rng)
     step, windows = truth_lags(truth, spacing_ps)
     modes = truth["slow_modes"]
-    acfs, errors = [], []
+    acfs, errors, amplitude, offset = [], [], [], []
     for k, window in enumerate(windows):
-        acf = mode_acf(ca, mean_ca, np.asarray(modes["projection_ca"][k]), window)
+        ys = mode_projections(ca, mean_ca, np.asarray(modes["projection_ca"][k]))
+        acf = mode_acf(ys, window)
         exact = np.asarray(modes["acf"][k])[::step][: len(acf)]
         acfs.append({"model": acf.tolist(), "exact": exact.tolist()})
         errors.append(float(np.mean(np.abs(acf[1:] - exact[1:]))) if len(acf) > 1 else float("nan"))
+        pooled, exact_std = np.concatenate(ys), float(np.sqrt(modes["variance_A2"][k]))
+        amplitude.append(float(pooled.std()) / exact_std)  # the exact mean of y is 0
+        offset.append(abs(float(pooled.mean())) / exact_std)
     curve, plateau, drift = rmsd_to_start_stats(ca, mean_ca)
     exact_plateau = truth["rmsd_to_start_plateau_A"]
     scores = {
@@ -107,6 +116,8 @@ def score_against_truth(ca: list[np.ndarray], truth: dict[str, Any], spacing_ps:
         "rmsf_ratio_exact": float(np.sqrt(np.mean(rmsf**2) / np.mean(exact_rmsf**2))),
         "pairwise_rmsd_rel_error_exact": (pairwise - truth["mean_pairwise_rmsd_A"]) / truth["mean_pairwise_rmsd_A"],
         "acf_error_exact": float(np.mean(errors)),
+        "slow_mode_amplitude_ratio_exact": float(np.mean(amplitude)),
+        "slow_mode_mean_offset_exact": float(np.mean(offset)),
         "rmsd_to_start_plateau_rel_error_exact": (plateau - exact_plateau) / exact_plateau,
         "rmsd_to_start_drift_rel": drift / exact_plateau,
     }
