@@ -71,8 +71,8 @@ GPU_RULES = {"train", "rollout", "rollout_ablation", "featurize_openfold"}
 CPU_RULES = {"prepare_demo", "extract_frames", "featurize"}
 
 real_slurm = pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason()))
-# about 5 minutes for the module on 2 idle cores, 20 on 2 cores shared with other training jobs (the pipeline's jobs
-# are niced like the tests); the fixture run counts towards the first test's limit
+# The pipeline fixture alone took 5.4 min on 2 cores shared with other jobs, and its jobs inherit the tests' nice
+# level, so a busy machine stretches it a lot; the fixture run counts towards the first test's limit.
 SLOW_TIMEOUT = pytest.mark.timeout(2400)
 
 
