@@ -110,11 +110,11 @@ def collect(spec: Path, out_root: Path) -> list[dict[str, Any]]:
         name = variant_config(base, v)["synthetic"]["name"]
         path = out_root / v["name"] / "eval" / f"{name}.json"
         if not path.exists():
-            rows.append({"variant": v["name"], "change": v.get("change", ""), "missing": str(path)})
+            rows.append({"variant": v["name"], "change": v.get("change", ""), "missing": str(path.relative_to(ROOT))})
             continue
         ev = json.loads(path.read_text())
         truth = ev["truth"]["metrics"]
-        row = {"variant": v["name"], "change": v.get("change", ""), "eval": str(path),
+        row = {"variant": v["name"], "change": v.get("change", ""), "eval": str(path.relative_to(ROOT)),
                "ca_validity": ev["metrics"]["ca_validity"]["model"],
                "acf_error_per_mode": ev["truth"]["curves"]["model"]["acf_error_per_mode"],
                **{m: truth[m]["model"] for m, _, _ in COLUMNS},
@@ -150,10 +150,10 @@ def cmd_table(args: argparse.Namespace) -> int:
     if done:
         fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
         for k, ax in enumerate(axes):
-            first = json.loads(Path(done[0]["eval"]).read_text())["truth"]["curves"]
+            first = json.loads((ROOT / done[0]["eval"]).read_text())["truth"]["curves"]
             ax.plot(first["model"]["acf_modes"][k]["exact"], "k-", lw=2, label="exact")
             for r in done:
-                acf = json.loads(Path(r["eval"]).read_text())["truth"]["curves"]["model"]["acf_modes"][k]["model"]
+                acf = json.loads((ROOT / r["eval"]).read_text())["truth"]["curves"]["model"]["acf_modes"][k]["model"]
                 ax.plot(acf, lw=1, label=r["variant"])
             ax.set_title(f"slow mode {k + 1}")
             ax.set_xlabel("lag (frames)")

@@ -12,7 +12,7 @@ from starmd.model.frame_encoder import relative_geometry
 
 C_S_IN, C_Z_IN = 12, 6
 TINY = dict(c_s=16, c_z=8, n_blocks=2, n_heads=2, c_hidden=4, no_heads_ipa=2, c_hidden_ipa=4, no_qk_points=2,
-            no_v_points=2, transition_n=1, c_time=8, c_phys_time=4, n_rbf=4)
+            no_v_points=2, transition_n=1, c_time=8, c_phys_time=4, n_rbf=4, c_relative_time=4)
 F64 = torch.float64
 
 

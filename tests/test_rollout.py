@@ -40,7 +40,7 @@ from starmd.training.optim import build_ema
 
 N_RES, C_S_IN, C_Z_IN = 8, 6, 4
 MODEL = dict(c_s=16, c_z=8, n_blocks=2, n_heads=2, c_hidden=4, no_heads_ipa=2, c_hidden_ipa=4, no_qk_points=2,
-             no_v_points=2, transition_n=1, c_time=8, c_phys_time=4, n_rbf=4)
+             no_v_points=2, transition_n=1, c_time=8, c_phys_time=4, n_rbf=4, c_relative_time=4)
 DIFFUSION = {"so3": {"num_sigma": 64, "num_omega": 256}}
 TRAIN_WINDOW = 2  # training.num_frames of the test checkpoint
 DT_PS = 10.0  # stored frame spacing of the test frames file; strides [1, 4] -> trained Delta-t 10..40 ps

@@ -41,7 +41,7 @@ class StarMD(nn.Module):
                  n_heads: int = 4, c_hidden: int = 24, no_heads_ipa: int = 4, c_hidden_ipa: int = 16,
                  no_qk_points: int = 4, no_v_points: int = 8, transition_n: int = 2, c_time: int = 32,
                  c_phys_time: int = 16, n_rbf: int = 16, rbf_max: float = 20.0, neighbour_radius: float = 8.0,
-                 target_anchor: str = "previous", c_relative_time: int = 16, context_motion: bool = False) -> None:
+                 target_anchor: str = "previous", c_relative_time: int = 0, context_motion: bool = False) -> None:
         super().__init__()
         if target_anchor not in ("previous", "self"):
             raise ValueError(f"model.target_anchor must be 'previous' or 'self', got {target_anchor!r}")
