@@ -129,3 +129,21 @@ def test_truth_scores_separate_exact_dynamics_from_shuffled_and_frozen_frames(sy
     assert m["acf_error_exact"]["shuffled"] > 3 * m["acf_error_exact"]["model"]
     assert m["rmsf_ratio_exact"]["frozen"] < 0.1 and m["pairwise_rmsd_rel_error_exact"]["frozen"] < -0.9
     assert m["slow_mode_amplitude_ratio_exact"]["frozen"] < 0.1
+
+
+def test_known_answer_table_and_acf_figure_from_an_eval_with_truth(system, tmp_path):
+    """figures: an eval JSON with a truth block gets the known-answer table rows and the slow-mode ACF figure."""
+    from starmd.evaluation.figures import plot_truth_acf, save
+    from starmd.evaluation.summary import truth_rows, truth_rows_to_markdown
+
+    cfg, traj, sys_ = system
+    ca = traj.top.select("name CA")
+    t = truth(sys_, traj, cfg)
+    md_traj = [10.0 * simulate(sys_, 100, cfg.frame_interval_ps, seed)[:, ca] for seed in (8, 9)]
+    ensembles = {k: md_traj for k in ("model", "oracle_segments", "oracle", "baseline_noise", "baseline_replica")}
+    block = truth_section(ensembles, t, cfg.frame_interval_ps, 50, 0)
+    rows = truth_rows([{"name": "enm1_A", "truth": block}])
+    assert [r["metric"] for r in rows] == list(block["metrics"])
+    assert "| acf_error_exact | <= 0.1 |" in truth_rows_to_markdown(rows)
+    png = save(plot_truth_acf([{"name": "enm1_A", "truth": block}]), tmp_path, "truth_acf")
+    assert png.stat().st_size > 10_000 and (tmp_path / "truth_acf.pdf").exists()

@@ -141,8 +141,8 @@ def plot_truth_acf(evals: list[dict]):
     """Slow-mode autocorrelations of the known-answer system: exact, model and MD segments of the model's size."""
     truth_evals = [e for e in evals if "truth" in e]
     n_modes = len(truth_evals[0]["truth"]["curves"]["model"]["acf_modes"])
-    fig, axes = plt.subplots(len(truth_evals), n_modes, figsize=(3.2 * n_modes, 2.6 * len(truth_evals)),
-                             squeeze=False)
+    fig = Figure(figsize=(3.2 * n_modes, 2.6 * len(truth_evals)))
+    axes = fig.subplots(len(truth_evals), n_modes, squeeze=False)
     for row, e in zip(axes, truth_evals):
         curves = e["truth"]["curves"]
         for k, ax in enumerate(row):
