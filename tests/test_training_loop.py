@@ -45,7 +45,11 @@ def test_cli_trains_checkpoints_logs_and_resumes(files, tmp_path):
     run = tmp_path / "run"
     assert cli.main(_argv(files, run, TRAINING)) == 0
     final = load_checkpoint(run / "checkpoints" / "final.pt")
-    assert final["step"] == 4 and final["config"]["model"] == TINY_MODEL
+    assert final["step"] == 4
+    # every hyperparameter is stored, defaults included: the checkpoint rebuilds its network after a default changes
+    stored = final["config"]["model"]
+    assert {k: stored[k] for k in TINY_MODEL} == TINY_MODEL
+    assert stored["c_relative_time"] == 0 and stored["target_anchor"] == "previous" and stored["rbf_max"] == 20.0
     assert final["config"]["training"]["tau_max"] == 0.1  # defaults filled in and stored for rollout
     assert final["config"]["features"] == {"c_s": 8, "c_z": 4}
     model = cli.build_model(final["config"], 8, 4)

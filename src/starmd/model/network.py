@@ -20,6 +20,9 @@ conformations across frames. A context frame's rigids still start from itself.
 
 from __future__ import annotations
 
+import inspect
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -32,6 +35,17 @@ from starmd.model.primitives import Linear
 
 # Rigids enter in Angstrom; the trunk works in nm, as AF2's structure module does, so IPA point distances are O(1).
 _NM_PER_ANGSTROM = 0.1
+
+
+def model_hparams(model_config: dict[str, Any]) -> dict[str, Any]:
+    """Every StarMD hyperparameter (config `model`) with the defaults filled in. Checkpoints store this, so a
+    checkpoint rebuilds the network it was trained as even after a default changes in the code."""
+    params = {k: p.default for k, p in inspect.signature(StarMD.__init__).parameters.items()
+              if p.kind is p.KEYWORD_ONLY and k not in ("c_s_in", "c_z_in")}
+    unknown = sorted(set(model_config) - set(params))
+    if unknown:
+        raise ValueError(f"model config: unknown key(s) {unknown}; expected some of {sorted(params)}")
+    return {**params, **model_config}
 
 
 class StarMD(nn.Module):

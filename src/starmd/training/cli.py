@@ -26,7 +26,7 @@ from starmd.diffusion import SE3Diffuser
 from starmd.errors import open_h5
 from starmd.features.io import FEATURES_FIX, check_features
 from starmd.io import file_fingerprint
-from starmd.model import StarMD
+from starmd.model import StarMD, model_hparams
 from starmd.training.config import TrainingConfig
 from starmd.training.dataset import FrameWindowDataset
 from starmd.training.distributed import init_distributed, shutdown_distributed
@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         config = parse_config(args.config_json)
         cfg = TrainingConfig.from_dict(config["training"])
         config["training"] = cfg.to_dict()  # stored with defaults filled in, so resume compares like with like
+        config["model"] = model_hparams(config.get("model", {}))
         data_kw = dict(num_frames=cfg.num_frames, strides=cfg.strides, crop_size=cfg.crop_size, centre=cfg.centre)
         train_data = FrameWindowDataset(frames=args.frames, features=args.features, seed=cfg.seed, **data_kw)
         val_data = (FrameWindowDataset(frames=args.val_frames, features=args.val_features, seed=cfg.seed + 1,

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 
 from starmd.errors import InputError
 from starmd.io import atomic_path
+from starmd.model import model_hparams
 from starmd.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from starmd.training.config import RESUMABLE_KEYS, TrainingConfig
 from starmd.training.dataset import FrameWindowDataset, StepBatchSampler, collate
@@ -57,7 +58,10 @@ def _check_resumable(ckpt_config: dict[str, Any], config: dict[str, Any], path: 
     """A run dir may only be resumed with the same science and the same input files; logging/step-count keys may
     change. Raises StaleRun naming what differs."""
     for section in ("model", "diffusion"):
-        if ckpt_config.get(section) != config.get(section):
+        old, new = ckpt_config.get(section), config.get(section)
+        if section == "model" and old is not None and new is not None:  # runs from before defaults were stored
+            old, new = model_hparams(old), model_hparams(new)
+        if old != new:
             raise StaleRun(f"{path}: was trained with a different {section!r} config; resume needs the same "
                            f"config (use a new run directory or delete {path.parent})")
     old, new = ckpt_config.get("training", {}), config.get("training", {})
