@@ -2,13 +2,16 @@
 
     python scripts/synthetic_study.py run   --spec docs/study/synthetic_study.yaml [--jobs 2]
     python scripts/synthetic_study.py table --spec docs/study/synthetic_study.yaml --out docs/study/
+    python scripts/synthetic_study.py ideal --spec docs/study/synthetic_study.yaml --out docs/study/
 
 `run` needs the synthetic data (`snakemake --cores all --configfile config.synthetic.yaml data/frames/enm1_A.h5
 data/features/offline/enm1_A.h5`) and trains, rolls out and evaluates each variant through the same
 `python -m starmd <step>` commands the rules use, with the variant's overrides deep-merged over config.yaml +
 config.synthetic.yaml; a variant with `checkpoint_of: <variant>` only changes the rollout and reuses that
 variant's checkpoint. Finished outputs are kept, so a rerun only does what is missing. `table` writes
-synthetic_study.{json,md,png} from the saved evaluation JSONs only.
+synthetic_study.{json,md,png} from the saved evaluation JSONs only. `ideal` writes ideal.{json,md,png}: the ACF error
+the ideal sampler (starmd.evaluation.ideal: exact conditional given the last K history frames re-noised at tau)
+reaches at the rollout's size, for the spec's grid of tau and K, next to the trained variants: what is reachable at all.
 """
 
 from __future__ import annotations
@@ -165,10 +168,63 @@ def cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ideal(args: argparse.Namespace) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from starmd.diffusion.r3 import R3Diffuser
+    from starmd.evaluation.ideal import contextual_noise_A, ideal_scores
+    from starmd.evaluation.truth import load_truth
+
+    base, _ = load_spec(args.spec)
+    grid = yaml.safe_load(args.spec.read_text())["ideal"]
+    truth = load_truth(ROOT / "data/raw/synthetic" / base["synthetic"]["name"] / "truth.json")
+    r3 = R3Diffuser(**base["diffusion"]["r3"])
+    size = dict(n_frames=base["rollout"]["n_frames"], n_trajectories=base["rollout"]["n_samples"],
+                repeats=grid["repeats"], seed=grid["seed"])
+    rows = []
+    for tau in grid["taus"]:
+        noise = contextual_noise_A(tau, r3)
+        for window in grid["windows"]:
+            rows.append({"tau": tau, "noise_A": noise, "window": window, **ideal_scores(truth, noise, window, **size)})
+    trained = [{"variant": r["variant"], "tau": variant_config(base, v)["rollout"]["tau"],
+                "acf_error_exact": r["acf_error_exact"]}
+               for r, v in zip(collect(args.spec, ROOT / args.out_root), load_spec(args.spec)[1]) if "missing" not in r]
+    args.out.mkdir(parents=True, exist_ok=True)
+    result = {"size": size, "grid": grid, "ideal": rows, "trained": trained}
+    (args.out / "ideal.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    label = {w: ("all" if w is None else str(w)) for w in grid["windows"]}
+    head = ["rollout tau", "noise (A per coordinate)"] + [f"K = {label[w]}" for w in grid["windows"]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for tau in grid["taus"]:
+        cells = [r for r in rows if r["tau"] == tau]
+        lines.append(f"| {tau} | {cells[0]['noise_A']:.2f} | "
+                     + " | ".join(f"{r['acf_error_exact']:.3f}" for r in cells) + " |")
+    (args.out / "ideal.md").write_text("\n".join(lines) + "\n")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for window in grid["windows"]:
+        pts = [(r["noise_A"], r["acf_error_exact"]) for r in rows if r["window"] == window]
+        ax.plot(*zip(*pts), "o-", label=f"ideal, K = {label[window]}")
+    for t in trained:
+        ax.plot(contextual_noise_A(t["tau"], r3), t["acf_error_exact"], "kx")
+    if trained:
+        ax.plot([], [], "kx", label="trained variants")
+    ax.axhline(0.1, color="grey", ls="--", label="target")
+    ax.set_xlabel("contextual noise at rollout (A per coordinate)")
+    ax.set_ylabel("slow-mode ACF error")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(args.out / "ideal.png", dpi=120)
+    print("\n".join(lines))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
-    for name in ("run", "table"):
+    for name in ("run", "table", "ideal"):
         p = sub.add_parser(name)
         p.add_argument("--spec", type=Path, default=ROOT / "docs/study/synthetic_study.yaml")
         p.add_argument("--out-root", type=Path, default=Path("runs/study"))
@@ -178,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             p.add_argument("--out", type=Path, default=ROOT / "docs/study")
     args = parser.parse_args(argv)
-    return cmd_run(args) if args.cmd == "run" else cmd_table(args)
+    return {"run": cmd_run, "table": cmd_table, "ideal": cmd_ideal}[args.cmd](args)
 
 
 if __name__ == "__main__":
