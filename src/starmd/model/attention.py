@@ -82,11 +82,11 @@ def block_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
                            frame_bias: torch.Tensor | None = None) -> torch.Tensor:
     """SDPA over the block-causal pattern one frame at a time; no [T, T] mask is built.
 
-    For frame l, context query l and target query l share the keys of context frames [l - K, l) and differ only in
-    their own frame (context l, target l), so both go through one SDPA call, stacked on the batch dimension. The only
-    masks are per key (padded residues, the relative-time bias): [2B, 1 or H, 1, T_keys]; with neither, SDPA gets no
-    mask at all and may use its fused kernels. Real queries see exactly the keys of block_causal_mask; padded queries
-    see only real keys (their outputs are discarded).
+    Context queries of frame l attend to context frames [l - K, l], a view of the keys (no copy); target queries of
+    frame l to context frames [l - K, l) followed by target frame l (one concatenation). The only masks are per key
+    (padded residues, the relative-time bias), [B, 1 or H, 1, T_keys]; with neither, SDPA gets no mask at all and may
+    use its fused kernels. Real queries see exactly the keys of block_causal_mask; padded queries see only real keys
+    (their outputs are discarded).
 
     Args:
         q, k, v: [B, H, 2 L N, C] frame-major tokens. frame_bias: [B, H, 2L, 2L] additive bias per (query frame,
@@ -94,32 +94,27 @@ def block_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     Returns:
         [B, H, 2 L N, C] attention output.
     """
-    b, h, _, c = q.shape
     n_frames, n_res, window = layout.n_frames, layout.n_res, layout.window
-    q5, k5, v5 = (x.unflatten(2, (2, n_frames, n_res)) for x in (q, k, v))  # [B, H, 2, L, N, C]
+    q5, k5, v5 = (x.contiguous().unflatten(2, (2, n_frames, n_res)) for x in (q, k, v))  # [B, H, 2, L, N, C]
     valid = layout.res_mask.bool()
     padded = not bool(valid.all())
-    out = torch.empty_like(q5)
+    outputs: list[list[torch.Tensor]] = [[], []]  # context, target outputs per frame, [B, H, N, C] each
     for f in range(n_frames):
         first = 0 if window is None else max(0, f - window)
-        keys, values = (torch.cat([torch.cat([x[:, :, 0, first:f].flatten(2, 3), x[:, :, kind, f]], dim=2)
-                                   for kind in (0, 1)], dim=0) for x in (k5, v5))  # [2B, H, (f - first + 1) N, C]
-        mask = None
-        if padded or frame_bias is not None:
-            key_valid = valid.repeat(1, f - first + 1)[:, None, None, :]  # [B, 1, 1, Tk]
-            mask = key_valid
-            if frame_bias is not None:
-                ctx_keys = frame_bias[:, :, :, first:f]  # [B, H, 2L, f - first]: bias to the shared context keys
-                rows = [torch.cat([ctx_keys[:, :, row], frame_bias[:, :, row, row:row + 1]], dim=2)
-                        for row in (f, n_frames + f)]  # context query f -> own frame f; target f -> target f
-                bias = torch.cat(rows, dim=0).repeat_interleave(n_res, dim=2)[:, :, None, :]  # [2B, H, 1, Tk]
-                mask = bias.masked_fill(~key_valid.repeat(2, 1, 1, 1), float("-inf"))
-            else:
-                mask = key_valid.repeat(2, 1, 1, 1)
-        queries = torch.cat([q5[:, :, 0, f], q5[:, :, 1, f]], dim=0)  # [2B, H, N, C]
-        o = F.scaled_dot_product_attention(queries, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask)
-        out[:, :, 0, f], out[:, :, 1, f] = o[:b], o[b:]
-    return out.flatten(2, 4)
+        own = {0: (k5[:, :, 0, first:f + 1].flatten(2, 3), v5[:, :, 0, first:f + 1].flatten(2, 3))}  # views
+        own[1] = tuple(torch.cat([x[:, :, 0, first:f].flatten(2, 3), x[:, :, 1, f]], dim=2) for x in (k5, v5))
+        for kind, row in ((0, f), (1, n_frames + f)):
+            mask = None
+            if padded or frame_bias is not None:
+                mask = valid.repeat(1, f - first + 1)[:, None, None, :]  # [B, 1, 1, Tk]
+            if frame_bias is not None:  # bias of this query frame to each key frame: context [first, f), then own
+                last = frame_bias[:, :, row, f if kind == 0 else row][..., None]
+                bias = torch.cat([frame_bias[:, :, row, first:f], last], dim=-1)  # [B, H, f - first + 1]
+                mask = bias.repeat_interleave(n_res, dim=-1)[:, :, None, :].masked_fill(~mask, float("-inf"))
+            keys, values = own[kind]
+            outputs[kind].append(F.scaled_dot_product_attention(q5[:, :, kind, f], keys.to(q.dtype),
+                                                                values.to(q.dtype), attn_mask=mask))
+    return torch.stack([torch.stack(o, dim=2) for o in outputs], dim=2).flatten(2, 4)
 
 
 def relative_time_features(query_time: torch.Tensor, key_time: torch.Tensor, delta_t: torch.Tensor,

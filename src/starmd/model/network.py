@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from starmd.geometry import Rigid
 from starmd.model.attention import BlockCausalLayout, relative_time_features, residue_attention_mask
@@ -57,6 +58,10 @@ class StarMD(nn.Module):
                            transition_n, update_pair=i < n_blocks - 1, c_relative_time=c_relative_time)
             for i in range(n_blocks)
         )
+        # Recompute each diffusion block in the backward pass instead of keeping its activations (the per-frame pair
+        # state dominates training memory); set from training.activation_checkpointing, not a model key: it changes
+        # memory and time, never the numbers.
+        self.activation_checkpointing = False
 
     # --- shared trunk -------------------------------------------------------------------------------------------
     def _embed_static(self, single: torch.Tensor, pair: torch.Tensor, res_mask: torch.Tensor
@@ -88,8 +93,11 @@ class StarMD(nn.Module):
         rigids = starts.scale_translation(_NM_PER_ANGSTROM)
         kvs = []
         for i, block in enumerate(self.blocks):
-            s, z, rigids, kv = block(s, z, rigids, res_mask, attn_mask, None if past is None else past.layer(i),
-                                     time_feats)
+            args = (s, z, rigids, res_mask, attn_mask, None if past is None else past.layer(i), time_feats)
+            if self.activation_checkpointing and torch.is_grad_enabled():
+                s, z, rigids, kv = checkpoint(block, *args, use_reentrant=False)
+            else:
+                s, z, rigids, kv = block(*args)
             kvs.append(kv)
         return rigids.scale_translation(1.0 / _NM_PER_ANGSTROM), s, kvs
 
