@@ -220,7 +220,14 @@ def bench_quality_inputs(wildcards):
 # The script and the schema (whose defaults fill every key the config leaves out) are inputs, so editing either
 # reruns the benchmark.
 BENCH_SCHEMA = "schemas/benchmarks.schema.yaml"
-BENCH_NAMES = ["kv_cache_memory", "training_throughput", "training_attention", "rollout_speed", "sampling_steps"]
+BENCH_NAMES = [
+    "kv_cache_memory",
+    "training_throughput",
+    "training_attention",
+    "training_memory",
+    "rollout_speed",
+    "sampling_steps",
+]
 
 
 def bench_targets():

@@ -40,6 +40,12 @@ def rollout_protein(*, checkpoint: Path, features_path: Path, frames_path: Path,
         log.warning("rollout.delta_t_ps = %g ps is outside the Delta-t range the checkpoint was trained on "
                     "[%g, %g] ps (training.strides x dt_ps of %s): extrapolating in time%s", cfg.delta_t_ps, lo, hi,
                     frames_path, " (rollout.allow_delta_t_extrapolation)" if cfg.allow_delta_t_extrapolation else "")
+    crop = config.get("training", {}).get("crop_size")
+    n_res = start.frames.shape[-1]
+    if crop is not None and n_res > crop:  # 33 of the 82 ATLAS test chains are longer than the paper crop (256)
+        log.warning("%s has %d residues, more than the checkpoint's training crop (training.crop_size = %d): the "
+                    "model never saw a chain this long; quality beyond the crop is not measured (docs/rollout.md)",
+                    out.stem, n_res, crop)
     device = resolve_device(cfg.device)
     model = model.to(device)
     result = run_rollout(model, diffuser, features.single, features.pair, start.frames, cfg, use_cache=use_cache,
