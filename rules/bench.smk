@@ -47,6 +47,48 @@ rule bench_training:
         "--out-png {output.png} > {log} 2>&1"
 
 
+rule bench_attention:
+    """Block-causal training attention with the dense token mask vs mask-free (frame by frame): time and peak
+    memory of forward + backward, side by side in one process."""
+    input:
+        script="benchmarks/attention.py",
+        schema=BENCH_SCHEMA,
+    output:
+        json="benchmarks/results/training_attention.json",
+        png="benchmarks/results/training_attention.png",
+    log:
+        "logs/bench/training_attention.log",
+    conda:
+        "../envs/starmd.yaml"
+    threads: bench_threads()
+    params:
+        settings=bench_section_json("attention"),
+    shell:
+        "python {input.script} --config-json {params.settings:q} --out-json {output.json} "
+        "--out-png {output.png} > {log} 2>&1"
+
+
+rule bench_memory:
+    """Saved training activations vs N, L, batch with and without activation checkpointing; fitted model and its
+    extrapolation to the paper setup (docs/memory.md)."""
+    input:
+        script="benchmarks/memory.py",
+        schema=BENCH_SCHEMA,
+    output:
+        json="benchmarks/results/training_memory.json",
+        png="benchmarks/results/training_memory.png",
+    log:
+        "logs/bench/training_memory.log",
+    conda:
+        "../envs/starmd.yaml"
+    threads: bench_threads()
+    params:
+        settings=bench_section_json("memory"),
+    shell:
+        "python {input.script} --config-json {params.settings:q} --out-json {output.json} "
+        "--out-png {output.png} > {log} 2>&1"
+
+
 rule bench_rollout_speed:
     """Simulated ns/day of starmd rollout (demo and paper scale, several step counts) vs OpenMM on each demo protein,
     same threads, one run; per-frame time vs context length with and without the KV cache."""

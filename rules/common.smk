@@ -10,6 +10,7 @@ from snakemake.utils import validate
 
 from starmd.bench.config import load_settings, section_for
 from starmd.config import validate_config
+from starmd.delta_t import check_rollout_delta_t
 
 # The MD replicas every dataset provides (prepare_demo writes them, ATLAS ships them).
 REPLICAS = ["R1", "R2", "R3"]
@@ -17,7 +18,8 @@ REPLICAS = ["R1", "R2", "R3"]
 
 def check_config():
     """Every config problem knowable before a job starts, as a ValueError of one line naming the key: the schema
-    (strict integers: 20.0 is not one), the replicas evaluation compares, the ablation horizon. Fills in the
+    (strict integers: 20.0 is not one), the replicas evaluation compares, the ablation horizon, a rollout Delta-t
+    outside the trained ones (starmd.delta_t). Fills in the
     schema's defaults (snakemake.utils.validate), which the rules see."""
     validate_config(config, Path(workflow.basedir) / "schemas" / "config.schema.yaml")
     validate(config, "../schemas/config.schema.yaml")  # passes (checked above, more strictly); fills the defaults
@@ -46,6 +48,7 @@ def check_config():
             f"config ablation.n_frames: {horizon} is shorter than 10 x training.num_frames "
             f"(allowed: >= {10 * window}; the ablation is about long horizons)"
         )
+    check_rollout_delta_t(config)
 
 
 try:
@@ -217,7 +220,14 @@ def bench_quality_inputs(wildcards):
 # The script and the schema (whose defaults fill every key the config leaves out) are inputs, so editing either
 # reruns the benchmark.
 BENCH_SCHEMA = "schemas/benchmarks.schema.yaml"
-BENCH_NAMES = ["kv_cache_memory", "training_throughput", "rollout_speed", "sampling_steps"]
+BENCH_NAMES = [
+    "kv_cache_memory",
+    "training_throughput",
+    "training_attention",
+    "training_memory",
+    "rollout_speed",
+    "sampling_steps",
+]
 
 
 def bench_targets():

@@ -314,3 +314,19 @@ def test_rollout_from_a_checkpoint_written_by_train(files, tmp_path):
                  "--frames", str(files["frames"]), "--out", str(out), "--config-json", json.dumps(cfg)]) == 0
     traj = md.load(out.with_name("villin8_s0.xtc"), top=out.with_suffix(".pdb"))
     assert (traj.n_frames, traj.n_atoms) == (3, 4 * N_RES) and np.isfinite(traj.xyz).all()
+
+
+def test_chain_longer_than_the_training_crop_warns(files, tmp_path, caplog):
+    """The checkpoint records training.crop_size; a longer chain still rolls out, with a warning naming both."""
+    ckpt = torch.load(files["checkpoint"], weights_only=False)
+    ckpt["config"]["training"]["crop_size"] = N_RES - 2
+    short_crop = tmp_path / "crop6.pt"
+    torch.save(ckpt, short_crop)
+    for checkpoint, warned in ((files["checkpoint"], False), (short_crop, True)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            rollout_protein(checkpoint=checkpoint, features_path=files["features"], frames_path=files["frames"],
+                            out=tmp_path / f"{checkpoint.stem}.h5", cfg=_cfg(n_frames=1, steps=1, n_samples=1))
+        assert any(f"has {N_RES} residues, more than the checkpoint's training crop (training.crop_size = "
+                   f"{N_RES - 2})" in r.message for r in caplog.records) == warned
+        assert (tmp_path / f"{checkpoint.stem}.h5").exists()

@@ -118,3 +118,25 @@ def test_context_window_reaches_the_model_and_rotation_threshold_drops_small_t(b
     every = compute_loss(wrong, SE3Diffuser(), batch, TrainingConfig.from_dict({}))["rot"]
     above = compute_loss(wrong, SE3Diffuser(), batch, TrainingConfig.from_dict({"rot_loss_t_min": 0.99}))["rot"]
     assert float(every) > 0 and float(above) < float(every)
+
+
+def test_activation_checkpointing_gives_the_same_loss_and_gradients(batch):
+    """Recomputing every diffusion block in backward changes memory, not numbers: equal loss and gradients."""
+    from starmd.model import StarMD
+    from training_data import TINY_MODEL
+
+    cfg = TrainingConfig.from_dict({"tau_max": 0.1})
+    results = []
+    for checkpointing in (False, True):
+        torch.manual_seed(3)
+        model = StarMD(c_s_in=batch["single"].shape[-1], c_z_in=batch["pair"].shape[-1], **TINY_MODEL).double()
+        model.activation_checkpointing = checkpointing
+        torch.manual_seed(4)  # same noise draws
+        loss = compute_loss(model, SE3Diffuser(), batch, cfg)["loss"]
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (loss0, grads0), (loss1, grads1) = results
+    assert torch.equal(loss0, loss1) and float(loss0) > 0
+    assert grads0.keys() == grads1.keys() and len(grads0) > 10
+    for name in grads0:
+        assert torch.allclose(grads0[name], grads1[name], rtol=1e-10, atol=1e-12), name

@@ -39,6 +39,7 @@ TINY_DEMO = {
     },
     "frames": {"stride": 1},
     "features": {"featurizer": "offline"},
+    "rollout": {"delta_t_ps": 0.5},  # the MD's frame spacing: a trained Delta-t (checked at workflow start)
 }
 # The steps after training at their smallest: 4 rollout frames at the MD's 0.5 ps, a 2-point tau ablation over
 # 10 x the training window, metrics binned for 5 residues x 4 frames, the KV-cache benchmark at test size.
@@ -81,10 +82,12 @@ def _jobs(dry_run_output: str) -> dict[str, int]:
     return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, flags=re.M) if m[1] != "total"}
 
 
-@pytest.mark.parametrize("configfile", [None, "config.demo.yaml"])
+@pytest.mark.parametrize("configfile", [None, "config.demo.yaml", "config.synthetic.yaml"])
 def test_dry_run_of_paper_and_demo_configs_resolves(configfile, tmp_path):
+    """Also the start checks pass on every shipped config (e.g. its rollout Delta-t is a trained one)."""
     wf = _copy_workflow(tmp_path)
-    shutil.copy(REPO / "config.demo.yaml", wf / "config.demo.yaml")
+    for name in ("config.demo.yaml", "config.synthetic.yaml"):
+        shutil.copy(REPO / name, wf / name)
     args = ["-n"] + (["--configfile", configfile] if configfile else [])
     out = _snakemake(wf, *args).stdout
     jobs = _jobs(out)
@@ -93,6 +96,8 @@ def test_dry_run_of_paper_and_demo_configs_resolves(configfile, tmp_path):
     if configfile is None:  # the paper setup downloads every ATLAS chain of the shipped splits, OpenFold features
         assert jobs["download_atlas"] == jobs["featurize_openfold"] == 1387 and "prepare_demo" not in jobs
         assert "featurize" not in jobs
+    elif configfile == "config.synthetic.yaml":
+        assert jobs["prepare_synthetic"] == jobs["featurize"] == 1 and "download_atlas" not in jobs
     else:
         assert jobs["prepare_demo"] == jobs["featurize"] == 3 and "download_atlas" not in jobs
         assert "featurize_openfold" not in jobs
@@ -122,6 +127,10 @@ def test_dry_run_of_paper_and_demo_configs_resolves(configfile, tmp_path):
         ({"training": {"num_frames": 8}, "ablation": {"n_frames": 20}},
          r"config ablation\.n_frames: 20 is shorter than 10 x training\.num_frames \(allowed: >= 80; the ablation "
          r"is about long horizons\)"),
+        ({"rollout": {"delta_t_ps": 100.0}},
+         r"config rollout\.delta_t_ps: 100 ps lies outside the Delta-t the model trains on, \[0\.5, 2\] ps = "
+         r"training\.strides \[1, 2, 4\] x frames\.stride 1 x 0\.5 ps \(demo\.frame_interval_ps\) \(allowed: a "
+         r"delta_t_ps in that range, other strides, or rollout\.allow_delta_t_extrapolation: true\)"),
     ],
 )
 def test_config_problem_fails_at_start_with_one_line_naming_the_key(patch, line, tmp_path):
@@ -131,6 +140,28 @@ def test_config_problem_fails_at_start_with_one_line_naming_the_key(patch, line,
     assert proc.returncode == 1
     assert re.fullmatch(line, proc.stderr.strip()), proc.stderr  # the whole of stderr: no traceback, no schema dump
     assert "Job stats" not in proc.stdout  # stopped before building the DAG
+
+
+def test_paper_setup_with_a_rollout_step_it_never_trains_on_fails_at_start_naming_the_keys(tmp_path):
+    """The old paper setup: ATLAS frames kept every 400 ps (stride 40), strides [1, 2, 4], rollout at 100 ps."""
+    wf = _copy_workflow(tmp_path)
+    (wf / "bad.yaml").write_text(yaml.safe_dump({"frames": {"stride": 40}}))
+    proc = _snakemake(wf, "-n", "--configfile", "bad.yaml", check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (
+        "config rollout.delta_t_ps: 100 ps lies outside the Delta-t the model trains on, [400, 1600] ps = "
+        "training.strides [1, 2, 4] x frames.stride 40 x 10 ps (ATLAS saves every 10 ps) (allowed: a delta_t_ps in "
+        "that range, other strides, or rollout.allow_delta_t_extrapolation: true)")
+
+
+def test_delta_t_extrapolation_runs_when_the_config_allows_it(tmp_path):
+    wf = _copy_workflow(tmp_path)
+    rollout = {**PIPELINE_TINY["rollout"], "delta_t_ps": 100.0, "allow_delta_t_extrapolation": True}
+    (wf / "tiny.yaml").write_text(yaml.safe_dump({**TINY_DEMO, **PIPELINE_TINY, "rollout": rollout,
+                                                  "training": {"num_frames": 2}}))
+    out = _snakemake(wf, "-n", "-p", "--configfile", "tiny.yaml").stdout
+    assert _jobs(out)["rollout"] == 1 and _jobs(out)["train"] == 1
+    assert '"allow_delta_t_extrapolation": true' in out  # it travels to the rollout step with its section
 
 
 @pytest.mark.slow
@@ -144,7 +175,7 @@ def test_rerun_does_nothing_and_a_changed_setting_reruns_only_what_depends_on_it
     again = _snakemake(wf, "-n", *DATA_TARGETS, "--configfile", "tiny.yaml").stdout
     assert _jobs(again) == {}, again
 
-    changed = dict(TINY_DEMO, frames={"stride": 2})
+    changed = dict(TINY_DEMO, frames={"stride": 2}, rollout={"delta_t_ps": 1.0})  # rollout: not a data input
     (wf / "tiny.yaml").write_text(yaml.safe_dump(changed))
     jobs = _jobs(_snakemake(wf, "-n", *DATA_TARGETS, "--configfile", "tiny.yaml").stdout)
     assert jobs == {"extract_frames": 2}, jobs

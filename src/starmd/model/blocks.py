@@ -9,7 +9,7 @@ from torch import nn
 
 from starmd.geometry import Rigid
 from starmd.geometry.so3 import quat_to_rotmat
-from starmd.model.attention import SpatioTemporalAttention
+from starmd.model.attention import BlockCausalLayout, SpatioTemporalAttention
 from starmd.model.ipa import InvariantPointAttention
 from starmd.model.primitives import Linear, full_precision, geometry_dtype, rigid_full_precision
 
@@ -87,13 +87,13 @@ class DiffusionBlock(nn.Module):
         self.backbone_update = BackboneUpdate(c_s)
 
     def forward(self, s: torch.Tensor, z: torch.Tensor, rigids: Rigid, res_mask: torch.Tensor,
-                attn_mask: torch.Tensor, past_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+                attn_mask: torch.Tensor | BlockCausalLayout, past_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
                 time_feats: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, Rigid, tuple[torch.Tensor, torch.Tensor]]:
         """
         Args:
             s: [B, F, N, c_s]; z: [B, F, N, N, c_z]; rigids: Rigid [B, F, N] (nm); res_mask: [B, N];
-            attn_mask: [B, 1, F N, T_past + F N] bool; past_kv: cached keys/values [B, H, T_past, C] or None;
+            attn_mask: [B, 1, F N, T_past + F N] bool or a BlockCausalLayout (training); past_kv: cached keys/values [B, H, T_past, C] or None;
             time_feats: frame-lag features for the S x T attention's relative-time bias (or None).
         Returns:
             s, z, rigids (same shapes) and this call's S x T keys/values [B, H, F N, C].

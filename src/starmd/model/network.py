@@ -25,9 +25,10 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from starmd.geometry import Rigid
-from starmd.model.attention import block_causal_mask, relative_time_features, residue_attention_mask
+from starmd.model.attention import BlockCausalLayout, relative_time_features, residue_attention_mask
 from starmd.model.blocks import DiffusionBlock
 from starmd.model.cache import KVCache
 from starmd.model.frame_encoder import FrameEncoder
@@ -71,6 +72,10 @@ class StarMD(nn.Module):
                            transition_n, update_pair=i < n_blocks - 1, c_relative_time=c_relative_time)
             for i in range(n_blocks)
         )
+        # Recompute each diffusion block in the backward pass instead of keeping its activations (the per-frame pair
+        # state dominates training memory); set from training.activation_checkpointing, not a model key: it changes
+        # memory and time, never the numbers.
+        self.activation_checkpointing = False
 
     # --- shared trunk -------------------------------------------------------------------------------------------
     def _embed_static(self, single: torch.Tensor, pair: torch.Tensor, res_mask: torch.Tensor
@@ -86,11 +91,12 @@ class StarMD(nn.Module):
 
     def _denoise(self, s0: torch.Tensor, z0: torch.Tensor, frames: Rigid, anchors: Rigid, starts: Rigid,
                  t: torch.Tensor, frame_time_ps: torch.Tensor, delta_t_ps: torch.Tensor, res_mask: torch.Tensor,
-                 attn_mask: torch.Tensor, past: KVCache | None
+                 attn_mask: torch.Tensor | BlockCausalLayout, past: KVCache | None
                  ) -> tuple[Rigid, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
         """F frames through the trunk. frames, anchors (pose features) and starts (the rigids updates compose onto)
-        Rigid [B, F, N] (A), t / frame_time_ps [B, F], attn_mask [B, 1, F N, T_past + F N]. Returns x0 prediction
-        Rigid [B, F, N] (A), singles [B, F, N, c_s] and the per-block S x T keys/values [B, H, F N, C]."""
+        Rigid [B, F, N] (A), t / frame_time_ps [B, F], attn_mask [B, 1, F N, T_past + F N] or the training
+        BlockCausalLayout. Returns x0 prediction Rigid [B, F, N] (A), singles [B, F, N, c_s] and the per-block S x T
+        keys/values [B, H, F N, C]."""
         _check_times(t, frame_time_ps, delta_t_ps)
         s, z = self.frame_encoder(s0, z0, frames, anchors, t, frame_time_ps, delta_t_ps, res_mask)
         time_feats = None
@@ -101,8 +107,11 @@ class StarMD(nn.Module):
         rigids = starts.scale_translation(_NM_PER_ANGSTROM)
         kvs = []
         for i, block in enumerate(self.blocks):
-            s, z, rigids, kv = block(s, z, rigids, res_mask, attn_mask, None if past is None else past.layer(i),
-                                     time_feats)
+            args = (s, z, rigids, res_mask, attn_mask, None if past is None else past.layer(i), time_feats)
+            if self.activation_checkpointing and torch.is_grad_enabled():
+                s, z, rigids, kv = checkpoint(block, *args, use_reentrant=False)
+            else:
+                s, z, rigids, kv = block(*args)
             kvs.append(kv)
         return rigids.scale_translation(1.0 / _NM_PER_ANGSTROM), s, kvs
 
@@ -132,15 +141,13 @@ class StarMD(nn.Module):
             raise ValueError(f"expected frame_time_ps [B, L] = {(b, n_frames)}, delta_t_ps [B], res_mask [B, N]; got "
                              f"{tuple(frame_time_ps.shape)}, {tuple(delta_t_ps.shape)}, {tuple(res_mask.shape)}")
         s0, z0 = self._embed_static(single, pair, res_mask)
-        token_valid = res_mask.repeat(1, 2 * n_frames)  # [B, 2 L N]
-        attn_mask = residue_attention_mask(block_causal_mask(n_frames, n, window, device=res_mask.device),
-                                           token_valid, token_valid)  # [B, 1, 2 L N, 2 L N]
+        layout = BlockCausalLayout(n_frames, n, res_mask.bool(), window)  # block-causal S x T, no token mask
         previous_ctx = Rigid.cat([ctx[:, :1], ctx[:, :-1]], dim=1)  # frame l-1 of context l (frame 0: itself)
         tgt_anchor = tgt if self.target_anchor == "self" else Rigid.cat([tgt[:, :1], ctx[:, :-1]], dim=1)
         ctx_anchor = previous_ctx if self.context_motion else ctx
         pred, s, _ = self._denoise(s0, z0, Rigid.cat([ctx, tgt], dim=1), Rigid.cat([ctx_anchor, tgt_anchor], dim=1),
                                    Rigid.cat([ctx, tgt_anchor], dim=1), torch.cat([ctx_t, tgt_t], dim=1),
-                                   frame_time_ps.repeat(1, 2), delta_t_ps, res_mask, attn_mask, past=None)
+                                   frame_time_ps.repeat(1, 2), delta_t_ps, res_mask, layout, past=None)
         return {"pred_rigids": pred[:, n_frames:], "single": s[:, n_frames:]}
 
     # --- inference ----------------------------------------------------------------------------------------------

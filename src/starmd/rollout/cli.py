@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from starmd.delta_t import in_trained_range, trained_delta_t_range
 from starmd.evaluation.metrics import ca_valid
 from starmd.io import sha256sum
 from starmd.rollout.config import RolloutConfig
@@ -25,14 +26,6 @@ from starmd.training.cli import build_diffuser
 log = logging.getLogger("starmd.rollout")
 
 
-def trained_delta_t_range(training: dict, dt_ps: float) -> tuple[float, float]:
-    """Delta-t range (ps) seen in training: the configured strides (in stored frames) times the frame spacing."""
-    strides = training.get("strides")
-    if not strides:
-        raise ValueError("checkpoint config has no training.strides; cannot tell which Delta-t it was trained on")
-    return min(strides) * dt_ps, max(strides) * dt_ps
-
-
 def rollout_protein(*, checkpoint: Path, features_path: Path, frames_path: Path, out: Path, cfg: RolloutConfig,
                     start_replica: str | None = None, start_frame: int | None = None,
                     use_cache: bool = True) -> list[Path]:
@@ -42,11 +35,17 @@ def rollout_protein(*, checkpoint: Path, features_path: Path, frames_path: Path,
     check_match(features, start)
     model, config, weights = load_model(checkpoint, features, cfg.use_ema)
     diffuser = build_diffuser(config)
-    lo, hi = trained_delta_t_range(config.get("training", {}), start.dt_ps)
-    if not lo <= cfg.delta_t_ps <= hi:
+    lo, hi = trained_delta_t_range(config.get("training", {}).get("strides", []), start.dt_ps)
+    if not in_trained_range(cfg.delta_t_ps, lo, hi):  # the workflow refuses this at start unless allowed
         log.warning("rollout.delta_t_ps = %g ps is outside the Delta-t range the checkpoint was trained on "
-                    "[%g, %g] ps (training.strides x dt_ps of %s): extrapolating in time", cfg.delta_t_ps, lo, hi,
-                    frames_path)
+                    "[%g, %g] ps (training.strides x dt_ps of %s): extrapolating in time%s", cfg.delta_t_ps, lo, hi,
+                    frames_path, " (rollout.allow_delta_t_extrapolation)" if cfg.allow_delta_t_extrapolation else "")
+    crop = config.get("training", {}).get("crop_size")
+    n_res = start.frames.shape[-1]
+    if crop is not None and n_res > crop:  # 33 of the 82 ATLAS test chains are longer than the paper crop (256)
+        log.warning("%s has %d residues, more than the checkpoint's training crop (training.crop_size = %d): the "
+                    "model never saw a chain this long; quality beyond the crop is not measured (docs/rollout.md)",
+                    out.stem, n_res, crop)
     device = resolve_device(cfg.device)
     model = model.to(device)
     result = run_rollout(model, diffuser, features.single, features.pair, start.frames, cfg, use_cache=use_cache,

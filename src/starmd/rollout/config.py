@@ -23,6 +23,7 @@ class RolloutConfig:
     bf16: bool = False  # bf16 autocast for the network (CUDA only; geometry stays fp32)
     device: str = "auto"  # "auto" (CUDA when present), "cpu" or "cuda"
     progress_bar: bool = True
+    allow_delta_t_extrapolation: bool = False  # the workflow refuses a delta_t_ps outside the trained range otherwise
 
     def __post_init__(self) -> None:
         for key in ("n_frames", "n_samples", "steps"):

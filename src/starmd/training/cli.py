@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                           for key in ("frames", "features", "val_frames", "val_features")}
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank (DDP also broadcasts them)
         model = build_model(config, c_s_in, c_z_in)
+        model.activation_checkpointing = cfg.activation_checkpointing
         trainer = Trainer(model=model, diffuser=build_diffuser(config), cfg=cfg, config=config,
                           train_data=train_data, val_data=val_data, run_dir=args.run_dir, env=env,
                           restart_if_changed=args.restart_if_changed)

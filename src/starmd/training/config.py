@@ -14,7 +14,7 @@ from starmd.config import dataclass_section
 
 # Keys that may change between a run and its resume without changing what is learned (logging cadence, I/O).
 RESUMABLE_KEYS = frozenset({"steps", "log_every", "val_every", "checkpoint_every", "num_workers", "progress_bar",
-                            "max_nonfinite"})
+                            "max_nonfinite", "activation_checkpointing"})
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,7 @@ class TrainingConfig:
     grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
     ema_decay: float = 0.999
     bf16: bool = True  # bf16 autocast; only ever applied on CUDA
+    activation_checkpointing: bool = False  # recompute each diffusion block in backward (memory for ~1/3 more time)
     log_every: int = 10
     val_every: int = 100
     val_samples: int = 16  # fixed validation windows (same for every evaluation)
