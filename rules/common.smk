@@ -217,7 +217,13 @@ def bench_quality_inputs(wildcards):
 # The script and the schema (whose defaults fill every key the config leaves out) are inputs, so editing either
 # reruns the benchmark.
 BENCH_SCHEMA = "schemas/benchmarks.schema.yaml"
-BENCH_NAMES = ["kv_cache_memory", "training_throughput", "rollout_speed", "sampling_steps"]
+BENCH_NAMES = [
+    "kv_cache_memory",
+    "training_throughput",
+    "rollout_speed",
+    "sampling_steps",
+    "inference_path",
+]
 
 
 def bench_targets():
