@@ -111,6 +111,27 @@ rule bench_rollout_speed:
         "--out-json {output.json} --out-png {output.png} > {log} 2>&1"
 
 
+rule bench_inference_path:
+    """One denoising evaluation of the paper-scale model, fast inference path (no mask, shared static pair) vs the
+    previous path, side by side in one run; static-feature bytes of both."""
+    input:
+        script="benchmarks/inference_path.py",
+        schema=BENCH_SCHEMA,
+    output:
+        json="benchmarks/results/inference_path.json",
+        png="benchmarks/results/inference_path.png",
+    log:
+        "logs/bench/inference_path.log",
+    conda:
+        "../envs/starmd.yaml"
+    threads: bench_threads()
+    params:
+        settings=bench_section_json("inference_path"),
+    shell:
+        "python {input.script} --config-json {params.settings:q} --out-json {output.json} "
+        "--out-png {output.png} > {log} 2>&1"
+
+
 rule bench_sampling_steps:
     """Reverse-step count vs CA validity, JSD and wall time on the trained checkpoint; recommends a step count."""
     input:

@@ -227,6 +227,7 @@ BENCH_NAMES = [
     "training_memory",
     "rollout_speed",
     "sampling_steps",
+    "inference_path",
 ]
 
 

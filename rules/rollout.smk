@@ -1,5 +1,9 @@
 # Autoregressive rollout of the test proteins from the trained checkpoint (singles-only KV cache, contextual
 # noise), and the contextual-noise ablation: the same proteins over a long horizon at several inference tau.
+# Frames stream into runs/{run}/rollouts/.{name}.h5.partial/ (not an output: Snakemake would delete it); a rerun after
+# SIGTERM (exit 75), a time limit or a kill continues from there. When the rerun is due to changed params or inputs,
+# that partial belongs to another experiment and --restart-if-changed discards it instead of failing. The log is
+# appended to (>>), so it keeps every attempt.
 
 
 rule rollout:
@@ -23,7 +27,7 @@ rule rollout:
         cfg=section_json("rollout"),
     shell:
         "python -m starmd rollout --checkpoint {input.ckpt} --features {input.features} --frames {input.frames} "
-        "--out {output.h5} --config-json {params.cfg:q} > {log} 2>&1"
+        "--out {output.h5} --config-json {params.cfg:q} --restart-if-changed >> {log} 2>&1"
 
 
 use rule rollout as rollout_ablation with:

@@ -189,3 +189,18 @@ def test_settings_reject_unknown_keys_and_fill_defaults():
     assert settings["kv_cache"]["n_res"] == [50, 200, 500] and settings["paper_model"]["n_blocks"] == 8
     part = section_for(settings, "training")
     assert set(part) == {"threads", "seed", "feature_dims", "demo_model", "paper_model", "training"}
+
+
+def test_inference_path_fast_equals_previous_and_shares_the_static_pair(tmp_path):
+    settings = {**SMALL, "paper_model": TINY, "inference_path": {"n_res": [6, 10], "n_samples": 3,
+                                                                 "n_frames_held": 2, "timed_steps": 2}}
+    doc = run_bench("inference_path", tmp_path, settings)
+    assert [r["n_res"] for r in doc["rows"]] == [6, 10]
+    for row in doc["rows"]:
+        assert row["max_abs_diff"] < 1e-4  # fp32, same cache and frame
+        n = row["n_res"]
+        # previous: B copies of the projected single [N, c_s] and pair [N, N, c_z]; fast: one, expanded
+        assert row["previous"]["static_bytes"] == 3 * row["fast"]["static_bytes"] == 3 * 4 * n * (16 + n * 8)
+        for path in ("previous", "fast"):
+            assert len(row[path]["step_s"]) == 2 and row[path]["step_s_median"] > 0
+        assert row["speedup"] == pytest.approx(row["previous"]["step_s_median"] / row["fast"]["step_s_median"])

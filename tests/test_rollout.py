@@ -330,3 +330,35 @@ def test_chain_longer_than_the_training_crop_warns(files, tmp_path, caplog):
         assert any(f"has {N_RES} residues, more than the checkpoint's training crop (training.crop_size = "
                    f"{N_RES - 2})" in r.message for r in caplog.records) == warned
         assert (tmp_path / f"{checkpoint.stem}.h5").exists()
+
+
+def test_inference_fast_path_equals_the_masked_per_sample_path(villin_frames, diffuser):
+    """No attention mask (nothing padded) and one projected static pair shared by the samples give the same frames
+    as the previous path (an all-True mask rebuilt every step, the static pair projected per sample): float64,
+    agreement to 1e-12 (only summation order may differ)."""
+    model = _tiny_model()
+    single, pair, start = _inputs(villin_frames)
+    s, n_frames = 3, 3
+    fast = make_context(model, single, pair, s, 20.0, None, use_cache=True).cache
+    res_mask = torch.ones(s, N_RES, dtype=torch.float64)
+    slow = model.init_cache(single.repeat(s, 1, 1), pair.repeat(s, 1, 1, 1), res_mask,
+                            torch.full((s,), 20.0, dtype=torch.float64))
+    slow.masked = True  # the previous path: build and apply the (all-True) mask at every step
+    assert not fast.masked
+    assert slow.static_nbytes() - fast.static_nbytes() == (s - 1) * N_RES * (N_RES * MODEL["c_z"] + MODEL["c_s"]) * 8
+    g = torch.Generator().manual_seed(0)
+    frame = Rigid(start.rots.expand(s, -1, -1, -1), start.trans.expand(s, -1, -1))
+    with torch.no_grad():
+        for f in range(n_frames):
+            times, tau = torch.full((s,), 20.0 * f, dtype=torch.float64), torch.full((s,), 0.1, dtype=torch.float64)
+            for cache in (fast, slow):
+                model.append(cache, frame, tau, times)
+            noisy = diffuser.sample_ref((s, N_RES), g, dtype=torch.float64)
+            t = torch.full((s,), 0.5, dtype=torch.float64)
+            a = model.step(fast, noisy, t, times + 20.0)["pred_rigids"]
+            b = model.step(slow, noisy, t, times + 20.0)["pred_rigids"]
+            assert (a.trans - b.trans).abs().max() < 1e-12 and (a.rots - b.rots).abs().max() < 1e-12
+            assert not torch.equal(a.trans[0], a.trans[1])  # the samples differ: the shared pair is not mixing them
+            frame = a
+    for i in range(MODEL["n_blocks"]):
+        assert (fast.keys[i] - slow.keys[i]).abs().max() < 1e-12

@@ -142,13 +142,14 @@ class SpatioTemporalAttention(nn.Module):
         self.linear_g = Linear(c_s, n_heads * c_hidden, init="gating")
         self.linear_out = Linear(n_heads * c_hidden, c_s, init="final")
 
-    def forward(self, s: torch.Tensor, attn_mask: torch.Tensor | BlockCausalLayout,
+    def forward(self, s: torch.Tensor, attn_mask: torch.Tensor | BlockCausalLayout | None,
                 past_kv: tuple[torch.Tensor, torch.Tensor] | None = None, time_feats: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """
         Args:
-            s: [B, T, c_s] query tokens (frame-major); attn_mask: [B, 1, T, T_past + T] bool, True = may attend, or
-                a BlockCausalLayout (training: T = 2 L N, no past_kv), attended frame by frame without a token mask.
+            s: [B, T, c_s] query tokens (frame-major); attn_mask: [B, 1, T, T_past + T] bool, True = may attend;
+                None = every token may attend to every key (inference without padding); or a BlockCausalLayout
+                (training: T = 2 L N, no past_kv), attended frame by frame without a token mask.
             past_kv: cached (keys, values), each [B, H, T_past, C], placed before this call's own keys.
             time_feats: [B, Fq, Fk, c_relative_time] frame-lag features (relative_time_features) of the query
                 frames vs all key frames (held + own), required when the layer has a relative-time bias.
@@ -170,7 +171,7 @@ class SpatioTemporalAttention(nn.Module):
         if bias is not None:
             n_res_q, n_res_k = q.shape[2] // bias.shape[2], k_all.shape[2] // bias.shape[3]
             bias = bias.repeat_interleave(n_res_q, dim=2).repeat_interleave(n_res_k, dim=3)  # [B, H, Tq, Tk]
-            mask = bias.masked_fill(~attn_mask, float("-inf"))
+            mask = bias if attn_mask is None else bias.masked_fill(~attn_mask, float("-inf"))
         o = F.scaled_dot_product_attention(q, k_all.to(q.dtype), v_all.to(q.dtype), attn_mask=mask)
         return self._output(o, x), (k, v)
 

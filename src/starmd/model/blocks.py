@@ -87,7 +87,8 @@ class DiffusionBlock(nn.Module):
         self.backbone_update = BackboneUpdate(c_s)
 
     def forward(self, s: torch.Tensor, z: torch.Tensor, rigids: Rigid, res_mask: torch.Tensor,
-                attn_mask: torch.Tensor | BlockCausalLayout, past_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+                attn_mask: torch.Tensor | BlockCausalLayout | None,
+                past_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
                 time_feats: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, Rigid, tuple[torch.Tensor, torch.Tensor]]:
         """

@@ -44,6 +44,8 @@ class KVCache:
         self.static_single = static_single  # [B, N, c_s]
         self.static_pair = static_pair  # [B, N, N, c_z]
         self.res_mask = res_mask  # [B, N]
+        # attention needs a mask only when some residue is padded; checked once here, not at every step
+        self.masked = not bool(res_mask.bool().all())
         self.delta_t_ps = delta_t_ps  # [B]
         self.window = window
         self.keys: list[torch.Tensor | None] = [None] * n_blocks  # each [B, H, L_held * N, C]

@@ -91,12 +91,12 @@ class StarMD(nn.Module):
 
     def _denoise(self, s0: torch.Tensor, z0: torch.Tensor, frames: Rigid, anchors: Rigid, starts: Rigid,
                  t: torch.Tensor, frame_time_ps: torch.Tensor, delta_t_ps: torch.Tensor, res_mask: torch.Tensor,
-                 attn_mask: torch.Tensor | BlockCausalLayout, past: KVCache | None
+                 attn_mask: torch.Tensor | BlockCausalLayout | None, past: KVCache | None
                  ) -> tuple[Rigid, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
         """F frames through the trunk. frames, anchors (pose features) and starts (the rigids updates compose onto)
-        Rigid [B, F, N] (A), t / frame_time_ps [B, F], attn_mask [B, 1, F N, T_past + F N] or the training
-        BlockCausalLayout. Returns x0 prediction Rigid [B, F, N] (A), singles [B, F, N, c_s] and the per-block S x T
-        keys/values [B, H, F N, C]."""
+        Rigid [B, F, N] (A), t / frame_time_ps [B, F], attn_mask [B, 1, F N, T_past + F N] (None: all visible) or the
+        training BlockCausalLayout. Returns x0 prediction Rigid [B, F, N] (A), singles [B, F, N, c_s] and the
+        per-block S x T keys/values [B, H, F N, C]."""
         _check_times(t, frame_time_ps, delta_t_ps)
         s, z = self.frame_encoder(s0, z0, frames, anchors, t, frame_time_ps, delta_t_ps, res_mask)
         time_feats = None
@@ -157,8 +157,15 @@ class StarMD(nn.Module):
 
         single [B, N, c_s_in], pair [B, N, N, c_z_in] (an expanded view of one protein's features is fine),
         res_mask [B, N], delta_t_ps [B] (the rollout stride), window = K most recent frames or None (all).
+        Features expanded from one protein (batch stride 0) are projected once and shared by the B samples: the
+        projected pair [N, N, c_z] would otherwise be held B times.
         """
-        s0, z0 = self._embed_static(single, pair, res_mask)
+        b = res_mask.shape[0]
+        if single.stride(0) == 0 and pair.stride(0) == 0:  # one protein's features expanded over the samples
+            s0, z0 = self._embed_static(single[:1], pair[:1], res_mask[:1])
+            s0, z0 = s0.expand(b, *s0.shape[1:]), z0.expand(b, *z0.shape[1:])  # shared, not copied
+        else:
+            s0, z0 = self._embed_static(single, pair, res_mask)
         if delta_t_ps.shape != (res_mask.shape[0],):
             raise ValueError(f"delta_t_ps must be [B] = ({res_mask.shape[0]},), got {tuple(delta_t_ps.shape)}")
         return KVCache(s0, z0, res_mask, delta_t_ps, self.n_blocks, window)
@@ -171,9 +178,11 @@ class StarMD(nn.Module):
         if frame.shape != (b, n) or t.shape != (b,) or frame_time_ps.shape != (b,):
             raise ValueError(f"expected frame Rigid [B, N] = {(b, n)}, t [B] and frame_time_ps [B]; got "
                              f"{tuple(frame.shape)}, {tuple(t.shape)}, {tuple(frame_time_ps.shape)}")
-        key_valid = torch.cat([cache.key_mask(), cache.res_mask], dim=1)  # [B, T_past + N]
-        allowed = torch.ones(n, key_valid.shape[1], dtype=torch.bool, device=key_valid.device)
-        attn_mask = residue_attention_mask(allowed, cache.res_mask, key_valid)  # [B, 1, N, T_past + N]
+        attn_mask = None  # nothing padded: every held token is visible, no mask to build (SDPA's fused kernels)
+        if cache.masked:
+            key_valid = torch.cat([cache.key_mask(), cache.res_mask], dim=1)  # [B, T_past + N]
+            allowed = torch.ones(n, key_valid.shape[1], dtype=torch.bool, device=key_valid.device)
+            attn_mask = residue_attention_mask(allowed, cache.res_mask, key_valid)  # [B, 1, N, T_past + N]
         pred, s, kvs = self._denoise(cache.static_single, cache.static_pair, frame.unsqueeze(1), anchor.unsqueeze(1),
                                      start.unsqueeze(1), t[:, None], frame_time_ps[:, None], cache.delta_t_ps,
                                      cache.res_mask, attn_mask, cache)

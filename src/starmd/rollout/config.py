@@ -24,9 +24,13 @@ class RolloutConfig:
     device: str = "auto"  # "auto" (CUDA when present), "cpu" or "cuda"
     progress_bar: bool = True
     allow_delta_t_extrapolation: bool = False  # the workflow refuses a delta_t_ps outside the trained range otherwise
+    checkpoint_every: int = 10  # frames between saves of the partial outputs (resume state); SIGTERM saves at once
+
+    # keys that may differ when a partial rollout is resumed (they change no frame)
+    RESUMABLE = ("progress_bar", "checkpoint_every", "allow_delta_t_extrapolation")
 
     def __post_init__(self) -> None:
-        for key in ("n_frames", "n_samples", "steps"):
+        for key in ("n_frames", "n_samples", "steps", "checkpoint_every"):
             if getattr(self, key) < 1:
                 raise ValueError(f"rollout.{key} must be >= 1, got {getattr(self, key)}")
         if not self.delta_t_ps > 0:

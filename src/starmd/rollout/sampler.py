@@ -11,8 +11,8 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from dataclasses import dataclass
-from typing import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator, Protocol
 
 import torch
 from tqdm import tqdm
@@ -77,29 +77,62 @@ def denoise_frame(context: Context, diffuser: SE3Diffuser, frame_time_ps: float,
     return centred(pred)
 
 
+@dataclass(frozen=True)
+class Generated:
+    """Frame `index` (1..F) of every trajectory, and frame index - 1 exactly as it entered the context (re-noised to
+    tau), which is what a resumed rollout re-appends to rebuild the KV cache."""
+
+    index: int
+    frame: Rigid  # [B, N] centred x0 prediction (Angstrom)
+    entered: Rigid  # [B, N]
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where an interrupted rollout stopped: after frame `frames_done` was yielded, before its contextual noise."""
+
+    frames_done: int
+    history: Iterable[Rigid]  # frames 0..frames_done - 1 as they entered the context, each [B, N], in order
+    last: Rigid  # frame frames_done [B, N], as yielded
+    generator_state: torch.Tensor  # the rollout generator's state at that point
+
+
 def iter_frames(context: Context, diffuser: SE3Diffuser, start: Rigid, cfg: RolloutConfig,
                 generator: torch.Generator,
-                autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
-                ) -> Iterator[Rigid]:
-    """Yield the F generated frames Rigid [B, N] in order; start Rigid [B, N] (Angstrom) enters the context first.
+                autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                resume: ResumePoint | None = None) -> Iterator[Generated]:
+    """Yield the F generated frames in order; start Rigid [B, N] (Angstrom) enters the context first.
 
     Every frame, the start included, is re-noised to tau before `context.append` (skipped when tau = 0: the
-    contextual-noise ablation). Frame l has physical time l * delta_t (the start is frame 0).
+    contextual-noise ablation). Frame l has physical time l * delta_t (the start is frame 0). With `resume`, the
+    context is rebuilt by re-appending the saved frames (one network pass each, no diffusion) and the generator
+    restored, so the frames that follow are those the uninterrupted rollout would have produced.
     """
     b, n = start.shape
     dtype, device = start.dtype, start.device
 
-    def enter(frame: Rigid, frame_time_ps: float) -> None:
-        noisy = diffuser.contextual_noise(frame, cfg.tau, generator) if cfg.tau > 0 else frame
+    def append(noisy: Rigid, index: int) -> None:
         with autocast():
             context.append(noisy, torch.full((b,), cfg.tau, dtype=dtype, device=device),
-                           torch.full((b,), frame_time_ps, dtype=dtype, device=device))
+                           torch.full((b,), index * cfg.delta_t_ps, dtype=dtype, device=device))
 
-    enter(centred(start), 0.0)
-    for f in range(1, cfg.n_frames + 1):
+    def enter(frame: Rigid, index: int) -> Rigid:
+        noisy = diffuser.contextual_noise(frame, cfg.tau, generator) if cfg.tau > 0 else frame
+        append(noisy, index)
+        return noisy
+
+    if resume is None:
+        entered, first = enter(centred(start), 0), 1
+    else:
+        for index, noisy in enumerate(resume.history):
+            append(noisy.to(device=device, dtype=dtype), index)
+        generator.set_state(resume.generator_state)
+        entered = enter(resume.last.to(device=device, dtype=dtype), resume.frames_done)
+        first = resume.frames_done + 1
+    for f in range(first, cfg.n_frames + 1):
         frame = denoise_frame(context, diffuser, f * cfg.delta_t_ps, (b, n), cfg, generator, dtype, device, autocast)
-        yield frame
-        enter(frame, f * cfg.delta_t_ps)
+        yield Generated(f, frame, entered)
+        entered = enter(frame, f)
 
 
 def resolve_device(name: str, key: str = "rollout.device") -> torch.device:
@@ -111,11 +144,43 @@ def resolve_device(name: str, key: str = "rollout.device") -> torch.device:
     return torch.device(name)
 
 
-def run_rollout(model: StarMD, diffuser: SE3Diffuser, single: torch.Tensor, pair: torch.Tensor, start: Rigid,
-                cfg: RolloutConfig, *, use_cache: bool = True, label: str = "rollout") -> Rollout:
+class FrameSink(Protocol):
+    def add(self, generated: Generated, generator: torch.Generator) -> None:
+        """Take frame `generated.index` (called in order; the generator is in the state a resume restores)."""
+
+    def flush(self, generator: torch.Generator) -> None:
+        """Called once generation ends, finished or stopped early."""
+
+
+@dataclass
+class MemorySink:
+    """Keeps every frame on the CPU: for tests and benchmarks (the CLI streams to disk, `starmd.rollout.stream`)."""
+
+    rotations: list[torch.Tensor] = field(default_factory=list)  # each [B, N, 3, 3]
+    translations: list[torch.Tensor] = field(default_factory=list)  # each [B, N, 3]
+
+    def add(self, generated: Generated, generator: torch.Generator) -> None:
+        self.rotations.append(generated.frame.rots.cpu())
+        self.translations.append(generated.frame.trans.cpu())
+
+    def flush(self, generator: torch.Generator) -> None:
+        pass  # nothing is buffered
+
+
+@dataclass(frozen=True)
+class RunStats:
+    frames_done: int  # < n_frames when `stop` ended the run early
+    wall_s: float
+    peak_cache_bytes: int  # 0 for the recomputed (cache-free) reference
+
+
+def generate(model: StarMD, diffuser: SE3Diffuser, single: torch.Tensor, pair: torch.Tensor, start: Rigid,
+             cfg: RolloutConfig, sink: FrameSink, *, use_cache: bool = True, label: str = "rollout",
+             resume: ResumePoint | None = None, stop: Callable[[], bool] = lambda: False) -> RunStats:
     """n_samples trajectories of F frames from one start frame Rigid [N], with features single [N, c_s] and pair
-    [N, N, c_z]. Runs on the model's device and dtype; bf16 autocast only on CUDA. Shows a tqdm bar (frames, ns
-    generated per trajectory, ns/day summed over the batch) and prints a summary line to stderr."""
+    [N, N, c_z], handed to `sink` frame by frame. Runs on the model's device and dtype; bf16 autocast only on CUDA.
+    Shows a tqdm bar (frames, ns generated per trajectory, ns/day summed over the batch) and prints a summary line
+    to stderr. `stop()` is asked after every frame; when it says True, generation ends there (the caller saves)."""
     param = next(model.parameters())
     dtype, device = param.dtype, param.device
     single, pair = single.to(device=device, dtype=dtype), pair.to(device=device, dtype=dtype)
@@ -127,24 +192,37 @@ def run_rollout(model: StarMD, diffuser: SE3Diffuser, single: torch.Tensor, pair
         return torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
     starts = start.to(device=device, dtype=dtype).unsqueeze(0).expand(cfg.n_samples, start.shape[0])
-    rots, trans = [], []
+    first = done = 0 if resume is None else resume.frames_done
     t0 = time.perf_counter()
     with torch.no_grad():
         context = make_context(model, single, pair, cfg.n_samples, cfg.delta_t_ps, window, use_cache)
-        bar = tqdm(total=cfg.n_frames, desc=label, unit="frame", disable=not cfg.progress_bar, file=sys.stderr)
-        for f, frame in enumerate(iter_frames(context, diffuser, starts, cfg, generator, autocast), start=1):
-            rots.append(frame.rots.cpu())
-            trans.append(frame.trans.cpu())
-            ns = f * cfg.delta_t_ps / _PS_PER_NS
-            elapsed = time.perf_counter() - t0
-            bar.set_postfix(ns=f"{ns:.3g}", ns_per_day=f"{ns * cfg.n_samples * _S_PER_DAY / elapsed:.3g}")
+        bar = tqdm(total=cfg.n_frames, initial=first, desc=label, unit="frame", disable=not cfg.progress_bar,
+                   file=sys.stderr)
+        for generated in iter_frames(context, diffuser, starts, cfg, generator, autocast, resume):
+            sink.add(generated, generator)
+            ns = generated.index * cfg.delta_t_ps / _PS_PER_NS
+            rate = (generated.index - first) * cfg.delta_t_ps / _PS_PER_NS / (time.perf_counter() - t0)
+            bar.set_postfix(ns=f"{ns:.3g}", ns_per_day=f"{rate * cfg.n_samples * _S_PER_DAY:.3g}")
             bar.update()
+            done = generated.index
+            if done < cfg.n_frames and stop():
+                break
+        sink.flush(generator)
         bar.close()
     wall = time.perf_counter() - t0
     peak = context.peak_nbytes
-    total_ns = cfg.n_frames * cfg.delta_t_ps / _PS_PER_NS
-    print(f"{label}: {cfg.n_frames} frames x {cfg.n_samples} samples ({total_ns:.4g} ns each) in {wall:.1f} s "
+    total_ns = (done - first) * cfg.delta_t_ps / _PS_PER_NS
+    print(f"{label}: {done - first} frames x {cfg.n_samples} samples ({total_ns:.4g} ns each) in {wall:.1f} s "
           f"({total_ns * cfg.n_samples * _S_PER_DAY / max(wall, 1e-9):.4g} ns/day); peak KV cache {peak} bytes",
           file=sys.stderr)
-    return Rollout(torch.stack(rots, dim=1), torch.stack(trans, dim=1),
-                   cfg.delta_t_ps * torch.arange(1, cfg.n_frames + 1, dtype=torch.float64), wall, peak)
+    return RunStats(done, wall, peak)
+
+
+def run_rollout(model: StarMD, diffuser: SE3Diffuser, single: torch.Tensor, pair: torch.Tensor, start: Rigid,
+                cfg: RolloutConfig, *, use_cache: bool = True, label: str = "rollout") -> Rollout:
+    """`generate` into memory: the whole rollout as tensors (tests, benchmarks)."""
+    sink = MemorySink()
+    stats = generate(model, diffuser, single, pair, start, cfg, sink, use_cache=use_cache, label=label)
+    return Rollout(torch.stack(sink.rotations, dim=1), torch.stack(sink.translations, dim=1),
+                   cfg.delta_t_ps * torch.arange(1, cfg.n_frames + 1, dtype=torch.float64), stats.wall_s,
+                   stats.peak_cache_bytes)

@@ -109,11 +109,8 @@ def write_outputs(h5_path: str | Path, rec: RolloutRecord) -> list[Path]:
     h5_path = Path(h5_path)
     top = backbone_topology(rec.aatype, rec.residue_index)
     write_rollout_h5(h5_path, rec)
-    pdb_path = h5_path.with_suffix(".pdb")
-    start = md.Trajectory(backbone_xyz_nm(rec.start_rotations, rec.start_translations, rec.aatype)[None], top)
-    with atomic_path(pdb_path) as tmp:
-        start.save_pdb(str(tmp))
-    written = [h5_path, pdb_path]
+    written = [h5_path, write_start_pdb(h5_path, rec.start_rotations, rec.start_translations, rec.aatype,
+                                        rec.residue_index)]
     xyz = backbone_xyz_nm(rec.rotations, rec.translations, rec.aatype)  # [S, F, 4N, 3] nm
     for k in range(xyz.shape[0]):
         path = sample_xtc_path(h5_path, k)
@@ -121,3 +118,14 @@ def write_outputs(h5_path: str | Path, rec: RolloutRecord) -> list[Path]:
             md.Trajectory(xyz[k], top, time=rec.time_ps).save_xtc(str(tmp))
         written.append(path)
     return written
+
+
+def write_start_pdb(h5_path: str | Path, rotations: np.ndarray, translations: np.ndarray, aatype: np.ndarray,
+                    residue_index: np.ndarray) -> Path:
+    """`{name}.pdb` beside the HDF5: the backbone topology with the start structure (rigids [N], Angstrom)."""
+    pdb_path = Path(h5_path).with_suffix(".pdb")
+    start = md.Trajectory(backbone_xyz_nm(rotations, translations, aatype)[None],
+                          backbone_topology(aatype, residue_index))
+    with atomic_path(pdb_path) as tmp:
+        start.save_pdb(str(tmp))
+    return pdb_path

@@ -47,9 +47,10 @@ def ignore_in_worker(worker_id: int) -> None:
 
 
 class Preempted(Exception):
-    """Raised after the checkpoint is written, carrying the signal; the CLI turns it into REQUEUE_EXIT_CODE."""
+    """Raised after the state is written (training's last.pt, a rollout's partial outputs), carrying the signal; the
+    CLI turns it into REQUEUE_EXIT_CODE."""
 
-    def __init__(self, signum: int, step: int) -> None:
-        super().__init__(f"received {signal.Signals(signum).name}; saved last.pt at step {step}, exiting with "
+    def __init__(self, signum: int, step: int, saved: str = "last.pt", unit: str = "step") -> None:
+        super().__init__(f"received {signal.Signals(signum).name}; saved {saved} at {unit} {step}, exiting with "
                          f"{REQUEUE_EXIT_CODE} so the job can be requeued and resumed")
         self.signum, self.step = signum, step
