@@ -8,6 +8,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from starmd.bench.config import fill_defaults
 from starmd.estimate.model import Dims
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -34,7 +35,10 @@ def load_config(paths: list[Path], schema: Path = ROOT / "schemas" / "config.sch
             raise FileNotFoundError(f"--configfile {path}: no such file")
         config = merge(config, yaml.safe_load(path.read_text()) or {})
     validate_config(config, schema)
-    validate(config, str(schema))  # fills the schema defaults
+    validate(config, str(schema))  # fills the top-level defaults; the sections' own schemas fill theirs below
+    for section in ("rollout", "training"):
+        section_schema = yaml.safe_load((schema.parent / f"{section}.schema.yaml").read_text())
+        config[section] = fill_defaults(config.get(section, {}), section_schema)
     return config
 
 
