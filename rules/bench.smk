@@ -132,6 +132,28 @@ rule bench_inference_path:
         "--out-png {output.png} > {log} 2>&1"
 
 
+rule bench_estimate_calibration:
+    """Measured activation bytes and seconds of paper-scale rollout evaluations and training steps at a few sizes,
+    and the fitted constants `python -m starmd estimate` uses (CPU; GPU rollout time from the H200 reference)."""
+    input:
+        script="benchmarks/estimate_calibration.py",
+        schema=BENCH_SCHEMA,
+        gpu_reference="benchmarks/reference/gpu_h200.json",
+    output:
+        json="benchmarks/results/estimate_calibration.json",
+        png="benchmarks/results/estimate_calibration.png",
+    log:
+        "logs/bench/estimate_calibration.log",
+    conda:
+        "../envs/starmd.yaml"
+    threads: bench_threads()
+    params:
+        settings=bench_section_json("estimate_calibration"),
+    shell:
+        "python {input.script} --config-json {params.settings:q} --gpu-reference {input.gpu_reference} "
+        "--out-json {output.json} --out-png {output.png} > {log} 2>&1"
+
+
 rule bench_sampling_steps:
     """Reverse-step count vs CA validity, JSD and wall time on the trained checkpoint; recommends a step count."""
     input:

@@ -228,6 +228,7 @@ BENCH_NAMES = [
     "rollout_speed",
     "sampling_steps",
     "inference_path",
+    "estimate_calibration",
 ]
 
 

@@ -26,6 +26,7 @@ STEPS: dict[str, str] = {
     "rollout": "starmd.rollout.cli",
     "evaluate": "starmd.evaluation.cli",
     "figures": "starmd.evaluation.figures",
+    "estimate": "starmd.estimate.cli",
 }
 
 
