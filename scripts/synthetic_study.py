@@ -3,6 +3,7 @@
     python scripts/synthetic_study.py run   --spec docs/study/synthetic_study.yaml [--jobs 2]
     python scripts/synthetic_study.py table --spec docs/study/synthetic_study.yaml --out docs/study/
     python scripts/synthetic_study.py ideal --spec docs/study/synthetic_study.yaml --out docs/study/
+    python scripts/synthetic_study.py onestep --spec docs/study/synthetic_study.yaml --out docs/study/
 
 `run` needs the synthetic data (`snakemake --cores all --configfile config.synthetic.yaml data/frames/enm1_A.h5
 data/features/offline/enm1_A.h5`) and trains, rolls out and evaluates each variant through the same
@@ -12,11 +13,15 @@ variant's checkpoint. Finished outputs are kept, so a rerun only does what is mi
 synthetic_study.{json,md,png} from the saved evaluation JSONs only. `ideal` writes ideal.{json,md,png}: the ACF error
 the ideal sampler (starmd.evaluation.ideal: exact conditional given the last K history frames re-noised at tau)
 reaches at the rollout's size, for the spec's grid of tau and K, next to the trained variants: what is reachable at all.
+`onestep` writes onestep.{json,md}: each trained variant's next frame after K true MD frames (re-noised at its rollout
+tau by the rollout code), against the exact conditional law of the slow modes given those frames; this separates a
+wrong transition from errors that compound along a rollout.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -221,10 +226,102 @@ def cmd_ideal(args: argparse.Namespace) -> int:
     return 0
 
 
+def onestep_scores(variant: dict, base: dict, truth: dict, out_root: Path, grid: dict) -> dict[str, Any]:
+    """One variant's next-frame law after `grid["history"]` clean MD frames, per slow mode, vs the ideal's."""
+    import numpy as np
+    import torch
+
+    from starmd.evaluation import metrics as M
+    from starmd.evaluation.ideal import conditional_coefficients, contextual_noise_A, mode_autocovariance
+    from starmd.evaluation.truth import mode_projections
+    from starmd.geometry import Rigid
+    from starmd.rollout.config import RolloutConfig
+    from starmd.rollout.inputs import load_features, load_model
+    from starmd.rollout.sampler import centred, denoise_frame, make_context
+    from starmd.training.cli import build_diffuser
+
+    config = variant_config(base, variant)
+    name = config["synthetic"]["name"]
+    ckpt = out_root / variant.get("checkpoint_of", variant["name"]) / "checkpoints" / "final.pt"
+    features = load_features(ROOT / f"data/features/{config['features']['featurizer']}/{name}.h5")
+    model, ckpt_config, _ = load_model(ckpt, features)
+    diffuser = build_diffuser(ckpt_config)
+    cfg = RolloutConfig.from_dict(config["rollout"])
+    h, m, s = grid["history"], grid["windows"], grid["samples"]
+    import h5py
+
+    with h5py.File(ROOT / f"data/frames/{name}.h5") as f:
+        group = f["replicas"][grid["replica"]]
+        starts = np.random.default_rng(grid["seed"]).choice(len(group["translations"]) - h - 1, m, replace=False)
+        idx = np.sort(starts)[:, None] + np.arange(h)  # [M, H] history frames
+        rots = torch.from_numpy(np.stack([group["rotations"][list(i)] for i in idx])).float()
+        trans = torch.from_numpy(np.stack([group["translations"][list(i)] for i in idx])).float()
+    history = Rigid(rots.repeat_interleave(s, 0), trans.repeat_interleave(s, 0))  # [M S, H, N]
+    generator = torch.Generator().manual_seed(grid["seed"])
+    b, n = m * s, rots.shape[2]
+    with torch.no_grad():
+        context = make_context(model, features.single, features.pair, b, cfg.delta_t_ps, cfg.context_window or None,
+                               use_cache=True)
+        tau = torch.full((b,), cfg.tau)
+        for j in range(h):
+            frame = centred(Rigid(history.rots[:, j], history.trans[:, j]))
+            noisy = diffuser.contextual_noise(frame, cfg.tau, generator) if cfg.tau > 0 else frame
+            context.append(noisy, tau, torch.full((b,), j * cfg.delta_t_ps))
+        nxt = denoise_frame(context, diffuser, h * cfg.delta_t_ps, (b, n), cfg, generator, torch.float32,
+                            torch.device("cpu"), contextlib.nullcontext)
+    mean_ca = np.asarray(truth["mean_ca_A"])
+    sample_ca = M.superpose(nxt.trans.double().numpy(), mean_ca)
+    hist_ca = M.superpose(trans.reshape(m * h, n, 3).double().numpy(), mean_ca)
+    modes = truth["slow_modes"]
+    noise_var = contextual_noise_A(cfg.tau, diffuser.r3) ** 2
+    per_mode = []
+    for k in range(len(modes["variance_A2"])):
+        w = np.asarray(modes["projection_ca"][k])
+        q_next = mode_projections([sample_ca], mean_ca, w)[0].reshape(m, s)
+        q_hist = mode_projections([hist_ca], mean_ca, w)[0].reshape(m, h)
+        autocov = mode_autocovariance(modes["period_frames"][k], modes["damping_ratio"][k], modes["variance_A2"][k],
+                                      h + 1)
+        coef, var = conditional_coefficients(autocov, noise_var, h)
+        ideal_mean, ideal_var = q_hist @ coef, var + noise_var * float(coef @ coef)
+        markov_coef, _ = conditional_coefficients(autocov, noise_var, 1)
+        scale = np.sqrt(ideal_var)
+        per_mode.append({
+            "mean_error": float(np.sqrt(np.mean((q_next.mean(1) - ideal_mean) ** 2)) / scale),
+            "markov_mean_error": float(np.sqrt(np.mean((q_hist[:, -1] * markov_coef[0] - ideal_mean) ** 2)) / scale),
+            "persistence_mean_error": float(np.sqrt(np.mean((q_hist[:, -1] - ideal_mean) ** 2)) / scale),
+            "spread_ratio": float(np.sqrt(q_next.var(1, ddof=1).mean() / ideal_var)),
+            "ideal_step_std_A": float(scale), "mode_std_A": float(np.sqrt(autocov[0]))})
+    return {"variant": variant["name"], "tau": cfg.tau, "per_mode": per_mode,
+            **{key: float(np.mean([p[key] for p in per_mode]))
+               for key in ("mean_error", "markov_mean_error", "persistence_mean_error", "spread_ratio")}}
+
+
+def cmd_onestep(args: argparse.Namespace) -> int:
+    from starmd.evaluation.truth import load_truth
+
+    base, variants = load_spec(args.spec)
+    grid = yaml.safe_load(args.spec.read_text())["onestep"]
+    truth = load_truth(ROOT / "data/raw/synthetic" / base["synthetic"]["name"] / "truth.json")
+    out_root = ROOT / args.out_root
+    rows = [onestep_scores(v, base, truth, out_root, grid) for v in variants
+            if (out_root / v.get("checkpoint_of", v["name"]) / "checkpoints" / "final.pt").exists()]
+    args.out.mkdir(parents=True, exist_ok=True)
+    floor = 1 / grid["samples"] ** 0.5
+    (args.out / "onestep.json").write_text(json.dumps({"grid": grid, "sampling_floor": floor, "rows": rows},
+                                                      indent=2, sort_keys=True) + "\n")
+    lines = ["| variant | rollout tau | next-frame mean error (model) | same, best Markovian | same, copy last "
+             "frame | spread ratio |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['variant']} | {r['tau']} | {r['mean_error']:.2f} | {r['markov_mean_error']:.2f} | "
+              f"{r['persistence_mean_error']:.2f} | {r['spread_ratio']:.2f} |" for r in rows]
+    (args.out / "onestep.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
-    for name in ("run", "table", "ideal"):
+    for name in ("run", "table", "ideal", "onestep"):
         p = sub.add_parser(name)
         p.add_argument("--spec", type=Path, default=ROOT / "docs/study/synthetic_study.yaml")
         p.add_argument("--out-root", type=Path, default=Path("runs/study"))
@@ -234,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             p.add_argument("--out", type=Path, default=ROOT / "docs/study")
     args = parser.parse_args(argv)
-    return {"run": cmd_run, "table": cmd_table, "ideal": cmd_ideal}[args.cmd](args)
+    return {"run": cmd_run, "table": cmd_table, "ideal": cmd_ideal, "onestep": cmd_onestep}[args.cmd](args)
 
 
 if __name__ == "__main__":
