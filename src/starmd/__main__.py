@@ -18,6 +18,7 @@ STEPS: dict[str, str] = {
     "prepare-demo": "starmd.data.demo",
     "prepare-synthetic": "starmd.data.synthetic",
     "download-atlas": "starmd.data.atlas",
+    "prepare-local": "starmd.data.local",
     "make-splits": "starmd.data.splits",
     "extract-frames": "starmd.data.frames",
     "featurize": "starmd.features.cli",
