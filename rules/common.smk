@@ -10,6 +10,7 @@ from snakemake.utils import validate
 
 from starmd.bench.config import load_settings, section_for
 from starmd.config import validate_config
+from starmd.data.local import find_entry, load_entries
 
 # The MD replicas every dataset provides (prepare_demo writes them, ATLAS ships them).
 REPLICAS = ["R1", "R2", "R3"]
@@ -82,9 +83,21 @@ def _protein_splits():
         SplitsConfig.from_dict(config["splits"]),
         demo_section=config["demo"],
         synthetic_section=config["synthetic"],
+        local_section=config["local"] if DATASET == "local" else None,
     )
 
 
+def _local_entries():
+    """The `local` manifest, checked (names, files, splits, dt_ps) before any job starts; [] for other datasets."""
+    if DATASET != "local":
+        return []
+    try:
+        return load_entries(config["local"])
+    except ValueError as exc:
+        sys.exit(f"config {exc}")
+
+
+LOCAL_ENTRIES = _local_entries()
 SPLITS = _protein_splits()
 PROTEINS = sorted({n for names in SPLITS.values() for n in names})
 TEST_PROTEINS = SPLITS["test"]
@@ -95,8 +108,38 @@ def raw_pdb(wildcards):
     return f"{RAW}/{wildcards.name}/{wildcards.name}.pdb"
 
 
+def replicas_of(name):
+    """R1, R2, ...: one per trajectory of a local protein's manifest entry; the workflow's REPLICAS otherwise."""
+    if DATASET != "local":
+        return REPLICAS
+    return [f"R{k}" for k in range(1, len(find_entry(LOCAL_ENTRIES, name).trajectories) + 1)]
+
+
 def raw_xtcs(wildcards):
-    return [f"{RAW}/{wildcards.name}/{wildcards.name}_prod_{r}_fit.xtc" for r in REPLICAS]
+    return [f"{RAW}/{wildcards.name}/{wildcards.name}_prod_{r}_fit.xtc" for r in replicas_of(wildcards.name)]
+
+
+def local_start_inputs(wildcards):
+    """The topology and first trajectory of a local protein (so editing either reruns its conversion)."""
+    entry = find_entry(LOCAL_ENTRIES, wildcards.name)
+    return [str(entry.topology), str(entry.trajectories[0])]
+
+
+def local_trajectory(wildcards):
+    entry = find_entry(LOCAL_ENTRIES, wildcards.name)
+    k = int(wildcards.k)
+    if not 1 <= k <= len(entry.trajectories):
+        raise ValueError(f"{entry.where}: has {len(entry.trajectories)} trajectories, no replica R{k}")
+    return str(entry.trajectories[k - 1])
+
+
+for _name in TEST_PROTEINS:  # evaluation compares against these replicas of every test protein
+    for _role in ("reference_replica", "oracle_replica"):
+        if config["evaluation"].get(_role, REPLICAS[0]) not in replicas_of(_name):
+            sys.exit(
+                f"config local: test protein {_name} has replicas {replicas_of(_name)}, but evaluation.{_role} is "
+                f"{config['evaluation'][_role]} (give it more trajectories, or make it a train protein)"
+            )
 
 
 def truth_files(wildcards):
@@ -112,7 +155,7 @@ def features_json(wildcards):
 
 def dataset_json_arg(wildcards):
     """make-splits needs the protein list of the demo or synthetic dataset (and nothing for ATLAS)."""
-    if DATASET in ("demo", "synthetic"):
+    if DATASET in ("demo", "synthetic", "local"):
         return f"--{DATASET}-json {shlex.quote(section_json(DATASET))}"
     return ""
 

@@ -104,3 +104,42 @@ rule extract_frames:
     shell:
         "python -m starmd extract-frames --name {wildcards.name} --pdb {input.pdb} --xtc {input.xtc} "
         "--out {output} --config-json {params.cfg:q} > {log} 2>&1"
+
+
+rule prepare_local_start:
+    """Your own MD: the start structure (frame 0 of the first trajectory; protein only, made whole) + provenance."""
+    input:
+        local_start_inputs,
+    output:
+        pdb="data/raw/local/{name}/{name}.pdb",
+        provenance="data/raw/local/{name}/provenance.json",
+    log:
+        "logs/prepare_local/{name}_start.log",
+    conda:
+        "../envs/starmd.yaml"
+    params:
+        cfg=section_json("local"),
+        out_dir="data/raw/local/{name}",
+    shell:
+        "python -m starmd prepare-local start --name {wildcards.name} --out {params.out_dir} "
+        "--config-json {params.cfg:q} > {log} 2>&1"
+
+
+rule prepare_local_replica:
+    """Your own MD: trajectory k of the manifest entry as replica R{k} (protein only, made whole, CA-fitted)."""
+    input:
+        start="data/raw/local/{name}/{name}.pdb",
+        trajectory=local_trajectory,
+    output:
+        "data/raw/local/{name}/{name}_prod_R{k}_fit.xtc",
+    log:
+        "logs/prepare_local/{name}_R{k}.log",
+    wildcard_constraints:
+        k=r"[0-9]+",
+    conda:
+        "../envs/starmd.yaml"
+    params:
+        cfg=section_json("local"),
+    shell:
+        "python -m starmd prepare-local replica --name {wildcards.name} --index {wildcards.k} --start {input.start} "
+        "--out {output} --config-json {params.cfg:q} > {log} 2>&1"

@@ -185,3 +185,32 @@ def test_cli_names_a_trajectory_that_does_not_fit_the_topology(solvated_md, tmp_
                         "--config-json", cfg]) == 1
     err = capsys.readouterr().err
     assert "run.nc: unreadable trajectory of local.proteins[0] (pep_A)" in err
+
+
+def test_snakemake_turns_a_local_manifest_into_splits_and_frames(solvated_md, tmp_path):
+    import yaml
+    from test_workflow import _copy_workflow, _snakemake
+
+    work = _copy_workflow(tmp_path)
+    md_files = {k: str(v) for k, v in solvated_md.items() if k != "traj"}
+    config = {"dataset": "local", "run": "mine", "features": {"featurizer": "offline"}, "frames": {"stride": 1},
+              "local": {"proteins": [
+                  {"name": "pep_A", "topology": md_files["pdb"], "trajectories": md_files["nc"], "split": "train"},
+                  {"name": "pep_B", "topology": md_files["pdb"], "trajectories": [md_files["dcd"], md_files["trr"],
+                                                                                  md_files["nc"]],
+                   "dt_ps": 0.02, "split": "test"}]}}
+    (work / "mine.yaml").write_text(yaml.safe_dump(config))
+    _snakemake(work, "data/splits/test.txt", "data/frames/pep_A.h5", "data/frames/pep_B.h5", "--configfile",
+               "mine.yaml")
+    assert (work / "data/splits/train.txt").read_text() == "pep_A\n"
+    assert (work / "data/splits/test.txt").read_text() == "pep_B\n"
+    a, b = read_frames(work / "data/frames/pep_A.h5"), read_frames(work / "data/frames/pep_B.h5")
+    assert sorted(a["replicas"]) == ["R1"] and sorted(b["replicas"]) == ["R1", "R2", "R3"]
+    assert a["attrs"]["sequence"] == b["attrs"]["sequence"] == SEQUENCE
+    assert b["attrs"]["provenance"]["removed_residues"]["HOH"] > 100
+    assert "HOH" in (work / "logs/prepare_local/pep_B_start.log").read_text()
+    config["local"]["proteins"][1]["trajectories"] = md_files["nc"]  # one replica cannot serve as reference + oracle
+    (work / "mine.yaml").write_text(yaml.safe_dump(config))
+    proc = _snakemake(work, "--configfile", "mine.yaml", "-n", check=False)
+    assert proc.returncode != 0 and "test protein pep_B has replicas ['R1'], but evaluation.oracle_replica" in \
+        proc.stderr

@@ -24,7 +24,7 @@ from starmd.config import section_keys
 from starmd.io import atomic_path
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-DATASETS: tuple[str, ...] = ("atlas", "demo", "synthetic")
+DATASETS: tuple[str, ...] = ("atlas", "demo", "synthetic", "local")
 # Splits that may not come out empty: training needs proteins, and evaluation needs held-out ones.
 _REQUIRED_NONEMPTY: tuple[str, ...] = ("train", "test")
 
@@ -123,6 +123,22 @@ def synthetic_splits(synthetic_section: Mapping[str, Any]) -> tuple[dict[str, li
     return {"train": [cfg.name], "val": [], "test": [cfg.name]}, {cfg.name: cfg.sequence}
 
 
+def local_splits(local_section: Mapping[str, Any]) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """Split lists from the `local` manifest, and each protein's sequence (amino-acid residues of its topology)."""
+    import mdtraj as md
+
+    from starmd.data.local import load_entries
+    from starmd.data.residues import is_amino_acid, one_letter
+
+    splits: dict[str, list[str]] = {split: [] for split in SPLITS}
+    sequences: dict[str, str] = {}
+    for entry in load_entries(local_section):
+        splits[entry.split].append(entry.name)
+        residues = [r for r in md.load_topology(str(entry.topology)).residues if is_amino_acid(r.name)]
+        sequences[entry.name] = "".join(one_letter(r.name, entry.where) for r in residues)
+    return splits, sequences
+
+
 def apply_config(base: Mapping[str, list[str]], sequences: Mapping[str, str],
                  config: SplitsConfig, allow_train_test_overlap: bool = False) -> dict[str, list[str]]:
     """Narrow a dataset's split: explicit names -> `max_seqlen` filter -> `limit` (first n).
@@ -171,14 +187,19 @@ def read_split(path: str | Path) -> list[str]:
 
 
 def make_splits(dataset: str, config: SplitsConfig, demo_section: Mapping[str, Any] | None = None,
-                synthetic_section: Mapping[str, Any] | None = None) -> dict[str, list[str]]:
-    """Resolve the final split lists for `dataset` ('atlas', 'demo' or 'synthetic')."""
+                synthetic_section: Mapping[str, Any] | None = None,
+                local_section: Mapping[str, Any] | None = None) -> dict[str, list[str]]:
+    """Resolve the final split lists for `dataset` ('atlas', 'demo', 'synthetic' or 'local')."""
     if dataset == "atlas":
         base, sequences = atlas_splits(), atlas_sequences()
     elif dataset == "demo":
         if demo_section is None:
             raise ValueError("make-splits --dataset demo needs --demo-json (the demo config section)")
         base, sequences = demo_splits(demo_section)
+    elif dataset == "local":
+        if local_section is None:
+            raise ValueError("make-splits --dataset local needs --local-json (the local config section)")
+        base, sequences = local_splits(local_section)
     elif dataset == "synthetic":
         base, sequences = synthetic_splits(synthetic_section or {})
         return apply_config(base, sequences, config, allow_train_test_overlap=True)
@@ -202,12 +223,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--demo-json", default=None, help="the `demo` config section as JSON (for --dataset demo)")
     parser.add_argument("--synthetic-json", default=None,
                         help="the `synthetic` config section as JSON (for --dataset synthetic)")
+    parser.add_argument("--local-json", default=None, help="the `local` config section as JSON (for --dataset local)")
     args = parser.parse_args(argv)
     try:
         config = SplitsConfig.from_dict(_json_arg(args.config_json, "--config-json"))
         demo = None if args.demo_json is None else _json_arg(args.demo_json, "--demo-json")
         synthetic = None if args.synthetic_json is None else _json_arg(args.synthetic_json, "--synthetic-json")
-        splits = make_splits(args.dataset, config, demo, synthetic)
+        local = None if args.local_json is None else _json_arg(args.local_json, "--local-json")
+        splits = make_splits(args.dataset, config, demo, synthetic, local)
     except ValueError as e:
         print(f"make-splits: {e}", file=sys.stderr)
         return 2
