@@ -185,6 +185,14 @@ def rollout_xtcs(folder, n_samples):
     return [f"{folder}/{{name}}_s{k}.xtc" for k in range(n_samples)]
 
 
+def structure_file(wildcards):
+    """structures/{stem}.pdb, else structures/{stem}.cif: the input of `generate` (a structure, no MD)."""
+    for ext in ("pdb", "cif"):
+        if Path(f"structures/{wildcards.stem}.{ext}").exists():
+            return f"structures/{wildcards.stem}.{ext}"
+    return f"structures/{wildcards.stem}.pdb"  # missing: Snakemake names it
+
+
 ABLATION_TAUS = [f"{t:g}" for t in config["ablation"]["taus"]]
 
 

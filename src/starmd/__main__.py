@@ -25,6 +25,7 @@ STEPS: dict[str, str] = {
     "train": "starmd.training.cli",
     "plot-training": "starmd.training.plot",
     "rollout": "starmd.rollout.cli",
+    "generate": "starmd.generate",
     "evaluate": "starmd.evaluation.cli",
     "figures": "starmd.evaluation.figures",
 }
