@@ -19,6 +19,7 @@ STEPS: dict[str, str] = {
     "prepare-synthetic": "starmd.data.synthetic",
     "download-atlas": "starmd.data.atlas",
     "prepare-local": "starmd.data.local",
+    "prepare-mdcath": "starmd.data.mdcath",
     "make-splits": "starmd.data.splits",
     "extract-frames": "starmd.data.frames",
     "featurize": "starmd.features.cli",

@@ -1,0 +1,88 @@
+"""mdCATH: a domain file in mdCATH's HDF5 layout (built here) served by a loopback HTTP server, downloaded with the
+resumable verified downloader (a dropped connection resumed), converted per temperature into the raw layout."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import h5py
+import mdtraj as md
+import numpy as np
+import pytest
+from Bio.PDB import PDBIO
+from PeptideBuilder import PeptideBuilder
+
+from starmd.__main__ import main as starmd_main
+from starmd.data.frames import FramesConfig, extract_frames, read_frames
+from test_atlas_download import server  # noqa: F401  (the loopback HTTP server fixture)
+
+DOMAIN = "1abcA00"
+N_FRAMES = 4
+
+
+def mdcath_file(path: Path) -> np.ndarray:
+    """A hexapeptide in mdCATH's layout: pdbProteinAtoms + coords [F, atoms, 3] (A) for 2 temperatures x 3 replicas;
+    returns the start coordinates (A)."""
+    structure = PeptideBuilder.make_structure("GAWKEA", [-57.0] * 5, [-47.0] * 5)
+    buf = io.StringIO()
+    writer = PDBIO()
+    writer.set_structure(structure)
+    writer.save(buf)
+    pdb_text = buf.getvalue()
+    rng = np.random.default_rng(0)
+    tmp = path.with_suffix(".pdb")
+    tmp.write_text(pdb_text)
+    xyz0 = md.load(str(tmp)).xyz[0] * 10
+    with h5py.File(path, "w") as h5:
+        g = h5.create_group(DOMAIN)
+        g.create_dataset("pdbProteinAtoms", data=pdb_text.encode())
+        for t in ("320", "348"):
+            for r in ("0", "1", "2"):
+                coords = xyz0[None] + rng.normal(scale=0.05, size=(N_FRAMES, *xyz0.shape))
+                g.create_dataset(f"{t}/{r}/coords", data=coords.astype(np.float32))
+    return xyz0
+
+
+def test_download_and_convert_a_domain_per_temperature(server, tmp_path, capsys):  # noqa: F811
+    url, behaviour = server
+    xyz0 = mdcath_file(tmp_path / "src.h5")
+    body = (tmp_path / "src.h5").read_bytes()
+    behaviour.files[f"/data/mdcath_dataset_{DOMAIN}.h5"] = body
+    behaviour.cut_first_at = len(body) // 2  # the first GET drops halfway: the download must resume, not restart
+    cfg = {"base_url": url, "temperatures": [320, 348], "replicas": [0, 2], "backoff_base_s": 0.0,
+           "chunk_bytes": 1024}
+    rc = starmd_main(["prepare-mdcath", "--domain", DOMAIN, "--h5-dir", str(tmp_path / "h5"), "--out-root",
+                      str(tmp_path / "raw"), "--config-json", json.dumps(cfg)])
+    assert rc == 0
+    (_, first), (_, second) = behaviour.requests  # the second GET resumes from the bytes already on disk
+    assert first is None and 0 < int(second.removeprefix("bytes=").rstrip("-")) <= len(body) // 2
+    assert (tmp_path / "h5" / f"mdcath_dataset_{DOMAIN}.h5").read_bytes() == body
+    with h5py.File(tmp_path / "src.h5") as h5:
+        truth = h5[f"{DOMAIN}/348/2/coords"][()]
+    for t in (320, 348):
+        out = tmp_path / "raw" / f"{DOMAIN}_{t}"
+        name = f"{DOMAIN}_{t}"
+        assert sorted(p.name for p in out.iterdir()) == sorted(
+            [f"{name}.pdb", f"{name}_prod_R1_fit.xtc", f"{name}_prod_R2_fit.xtc", "provenance.json"])
+        frames = read_frames(extract_frames(out / f"{name}.pdb", sorted(out.glob("*.xtc")), tmp_path / f"{t}.h5",
+                                            FramesConfig()))
+        assert frames["attrs"]["sequence"] == "GAWKEA" and frames["attrs"]["dt_ps"] == pytest.approx(1000.0)
+        assert frames["replicas"]["R1"]["translations"].shape == (N_FRAMES, 6, 3)
+    # R2 of 348 K is mdCATH replica 2, Angstrom in, the same conformations out (after superposition)
+    traj = md.load(str(tmp_path / "raw" / f"{DOMAIN}_348" / f"{DOMAIN}_348_prod_R2_fit.xtc"),
+                   top=str(tmp_path / "raw" / f"{DOMAIN}_348" / f"{DOMAIN}_348.pdb"))
+    ref = md.Trajectory(truth * 0.1, traj.topology)
+    assert max(10 * md.rmsd(traj[k], ref, k)[0] for k in range(N_FRAMES)) < 0.01
+    assert 10 * md.rmsd(traj[0], md.Trajectory(xyz0[None] * 0.1, traj.topology), 0)[0] < 0.2
+
+
+def test_a_corrupt_download_is_named_and_deleted(server, tmp_path, capsys):  # noqa: F811
+    url, behaviour = server
+    behaviour.files[f"/data/mdcath_dataset_{DOMAIN}.h5"] = b"not an hdf5 file" * 10
+    rc = starmd_main(["prepare-mdcath", "--domain", DOMAIN, "--h5-dir", str(tmp_path), "--out-root",
+                      str(tmp_path / "raw"), "--config-json", json.dumps({"base_url": url})])
+    err = capsys.readouterr().err
+    assert rc == 1 and f"mdcath_dataset_{DOMAIN}.h5: unreadable mdCATH HDF5" in err
+    assert not (tmp_path / f"mdcath_dataset_{DOMAIN}.h5").exists() and not (tmp_path / "raw").exists()
