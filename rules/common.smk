@@ -11,6 +11,7 @@ from snakemake.utils import validate
 from starmd.bench.config import load_settings, section_for
 from starmd.config import validate_config
 from starmd.data.local import find_entry, load_entries
+from starmd.data.mdcath import MdcathConfig
 
 # The MD replicas every dataset provides (prepare_demo writes them, ATLAS ships them).
 REPLICAS = ["R1", "R2", "R3"]
@@ -78,13 +79,17 @@ def _protein_splits():
     """{split: [names]} exactly as make_splits writes them (same library call, so the DAG and the files agree)."""
     from starmd.data.splits import SplitsConfig, make_splits
 
-    return make_splits(
-        DATASET,
-        SplitsConfig.from_dict(config["splits"]),
-        demo_section=config["demo"],
-        synthetic_section=config["synthetic"],
-        local_section=config["local"] if DATASET == "local" else None,
-    )
+    try:
+        return make_splits(
+            DATASET,
+            SplitsConfig.from_dict(config["splits"]),
+            demo_section=config["demo"],
+            synthetic_section=config["synthetic"],
+            local_section=config["local"] if DATASET == "local" else None,
+            mdcath_section=config["mdcath"],
+        )
+    except ValueError as exc:  # e.g. an empty split, or mdcath.domains left empty
+        sys.exit(f"config {exc}")
 
 
 def _local_entries():
@@ -103,16 +108,23 @@ PROTEINS = sorted({n for names in SPLITS.values() for n in names})
 TEST_PROTEINS = SPLITS["test"]
 
 
-# --- raw MD (identical layout for the demo and ATLAS) -----------------------------------------------------------
+# mdCATH replicas chosen in the config, in order, become R1, R2, ... of every {domain}_{T} protein.
+MDCATH_REPLICAS = [f"R{k}" for k in range(1, len(MdcathConfig.from_dict(config["mdcath"]).replicas) + 1)]
+
+
+# --- raw MD (identical layout for every dataset) ----------------------------------------------------------------
 def raw_pdb(wildcards):
     return f"{RAW}/{wildcards.name}/{wildcards.name}.pdb"
 
 
 def replicas_of(name):
-    """R1, R2, ...: one per trajectory of a local protein's manifest entry; the workflow's REPLICAS otherwise."""
-    if DATASET != "local":
-        return REPLICAS
-    return [f"R{k}" for k in range(1, len(find_entry(LOCAL_ENTRIES, name).trajectories) + 1)]
+    """R1, R2, ...: one per trajectory of a local protein's manifest entry, one per chosen mdCATH replica; the
+    workflow's REPLICAS otherwise."""
+    if DATASET == "local":
+        return [f"R{k}" for k in range(1, len(find_entry(LOCAL_ENTRIES, name).trajectories) + 1)]
+    if DATASET == "mdcath":
+        return MDCATH_REPLICAS
+    return REPLICAS
 
 
 def raw_xtcs(wildcards):
@@ -154,8 +166,8 @@ def features_json(wildcards):
 
 
 def dataset_json_arg(wildcards):
-    """make-splits needs the protein list of the demo or synthetic dataset (and nothing for ATLAS)."""
-    if DATASET in ("demo", "synthetic", "local"):
+    """make-splits needs the dataset's config section for its protein list (nothing for ATLAS: shipped lists)."""
+    if DATASET in ("demo", "synthetic", "local", "mdcath"):
         return f"--{DATASET}-json {shlex.quote(section_json(DATASET))}"
     return ""
 

@@ -22,7 +22,7 @@ DOMAIN = "1abcA00"
 N_FRAMES = 4
 
 
-def mdcath_file(path: Path) -> np.ndarray:
+def mdcath_file(path: Path, domain: str = DOMAIN) -> np.ndarray:
     """A hexapeptide in mdCATH's layout: pdbProteinAtoms + coords [F, atoms, 3] (A) for 2 temperatures x 3 replicas;
     returns the start coordinates (A)."""
     structure = PeptideBuilder.make_structure("GAWKEA", [-57.0] * 5, [-47.0] * 5)
@@ -36,7 +36,7 @@ def mdcath_file(path: Path) -> np.ndarray:
     tmp.write_text(pdb_text)
     xyz0 = md.load(str(tmp)).xyz[0] * 10
     with h5py.File(path, "w") as h5:
-        g = h5.create_group(DOMAIN)
+        g = h5.create_group(domain)
         g.create_dataset("pdbProteinAtoms", data=pdb_text.encode())
         for t in ("320", "348"):
             for r in ("0", "1", "2"):
@@ -53,9 +53,9 @@ def test_download_and_convert_a_domain_per_temperature(server, tmp_path, capsys)
     behaviour.cut_first_at = len(body) // 2  # the first GET drops halfway: the download must resume, not restart
     cfg = {"base_url": url, "temperatures": [320, 348], "replicas": [0, 2], "backoff_base_s": 0.0,
            "chunk_bytes": 1024}
-    rc = starmd_main(["prepare-mdcath", "--domain", DOMAIN, "--h5-dir", str(tmp_path / "h5"), "--out-root",
-                      str(tmp_path / "raw"), "--config-json", json.dumps(cfg)])
-    assert rc == 0
+    common = ["--domain", DOMAIN, "--h5-dir", str(tmp_path / "h5"), "--config-json", json.dumps(cfg)]
+    assert starmd_main(["prepare-mdcath", "download", *common]) == 0
+    assert starmd_main(["prepare-mdcath", "convert", *common, "--out-root", str(tmp_path / "raw")]) == 0
     (_, first), (_, second) = behaviour.requests  # the second GET resumes from the bytes already on disk
     assert first is None and 0 < int(second.removeprefix("bytes=").rstrip("-")) <= len(body) // 2
     assert (tmp_path / "h5" / f"mdcath_dataset_{DOMAIN}.h5").read_bytes() == body
@@ -81,8 +81,43 @@ def test_download_and_convert_a_domain_per_temperature(server, tmp_path, capsys)
 def test_a_corrupt_download_is_named_and_deleted(server, tmp_path, capsys):  # noqa: F811
     url, behaviour = server
     behaviour.files[f"/data/mdcath_dataset_{DOMAIN}.h5"] = b"not an hdf5 file" * 10
-    rc = starmd_main(["prepare-mdcath", "--domain", DOMAIN, "--h5-dir", str(tmp_path), "--out-root",
-                      str(tmp_path / "raw"), "--config-json", json.dumps({"base_url": url})])
+    rc = starmd_main(["prepare-mdcath", "download", "--domain", DOMAIN, "--h5-dir", str(tmp_path),
+                      "--config-json", json.dumps({"base_url": url})])
     err = capsys.readouterr().err
     assert rc == 1 and f"mdcath_dataset_{DOMAIN}.h5: unreadable mdCATH HDF5" in err
-    assert not (tmp_path / f"mdcath_dataset_{DOMAIN}.h5").exists() and not (tmp_path / "raw").exists()
+    assert not (tmp_path / f"mdcath_dataset_{DOMAIN}.h5").exists()
+
+
+def test_snakemake_dataset_mdcath_downloads_converts_and_plans_the_pipeline(server, tmp_path):  # noqa: F811
+    """`dataset: mdcath` end to end up to frames for one domain and temperature (a real snakemake run against the
+    loopback server), then a dry run that plans the rest of the pipeline for every domain and temperature."""
+    import yaml
+    from test_workflow import _copy_workflow, _jobs, _snakemake
+
+    url, behaviour = server
+    mdcath_file(tmp_path / "src.h5")
+    behaviour.files[f"/data/mdcath_dataset_{DOMAIN}.h5"] = (tmp_path / "src.h5").read_bytes()
+    (tmp_path / "wf").mkdir()
+    work = _copy_workflow(tmp_path / "wf")
+    config = {"dataset": "mdcath", "run": "mine", "features": {"featurizer": "offline"}, "frames": {"stride": 1},
+              "mdcath": {"base_url": url, "backoff_base_s": 0.0, "temperatures": [320, 348],
+                         "domains": [{"domain": DOMAIN, "split": "train"}, {"domain": "9zzzA01", "split": "test"}]}}
+    (work / "mine.yaml").write_text(yaml.safe_dump(config))
+    name = f"{DOMAIN}_348"
+    _snakemake(work, "data/splits/test.txt", f"data/frames/{name}.h5", "--configfile", "mine.yaml")
+    assert (work / "data/splits/train.txt").read_text() == f"{DOMAIN}_320\n{DOMAIN}_348\n"
+    assert (work / "data/splits/test.txt").read_text() == "9zzzA01_320\n9zzzA01_348\n"
+    assert sorted(p.name for p in (work / "data/raw/mdcath" / name).iterdir()) == sorted(
+        [f"{name}.pdb", "provenance.json", *(f"{name}_prod_R{k}_fit.xtc" for k in (1, 2, 3))])
+    frames = read_frames(work / f"data/frames/{name}.h5")
+    assert sorted(frames["replicas"]) == ["R1", "R2", "R3"] and frames["attrs"]["sequence"] == "GAWKEA"
+    assert frames["replicas"]["R3"]["translations"].shape == (N_FRAMES, 6, 3)
+    assert [path for path, _ in behaviour.requests] == [f"/data/mdcath_dataset_{DOMAIN}.h5"]  # one domain fetched
+    jobs = _jobs(_snakemake(work, "-n", "--configfile", "mine.yaml").stdout)
+    assert jobs["download_mdcath"] == 1 and jobs["prepare_mdcath"] == 3  # the test domain, and 1abcA00 at 320 K
+    assert jobs["extract_frames"] == 3 and jobs["featurize"] == 4
+    assert all(jobs.get(rule) for rule in ("train", "rollout", "evaluate", "figures"))
+    config["mdcath"]["domains"] = []
+    (work / "mine.yaml").write_text(yaml.safe_dump(config))
+    proc = _snakemake(work, "-n", "--configfile", "mine.yaml", check=False)
+    assert proc.returncode != 0 and "config mdcath.domains: empty" in proc.stderr

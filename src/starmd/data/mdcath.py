@@ -7,13 +7,18 @@ assumed (from the mdCATH paper and loader; checked by nothing here but the test'
 `pdbProteinAtoms` (PDB text of the simulated protein atoms, as a dataset or attribute) and one subgroup per
 temperature ('320', '348', '379', '413', '450' K), each with replicas '0'..'4' holding `coords` [F, atoms, 3] in
 Angstrom, one frame per ns. Each chosen temperature becomes one protein `{domain}_{T}` (the workflow's `{name}`)
-whose replicas R1, R2, ... are the chosen mdCATH replicas, CA-superposed on the start structure.
+whose replicas R1, R2, ... are the chosen mdCATH replicas, CA-superposed on the start structure. Every temperature
+of a domain shares the domain's split (the same protein at 320 K in train and at 450 K in test would leak).
+
+Two steps, so the workflow downloads on the login node and converts anywhere: `prepare-mdcath download` fetches and
+verifies the domain file, `prepare-mdcath convert` writes one temperature.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -21,7 +26,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from starmd.config import dataclass_section, section_json
+from starmd.config import dataclass_section, section_json, section_keys
 from starmd.data.download import DownloadError, RetryPolicy, download_resumable
 from starmd.data.residues import protein_residues
 from starmd.data.structure import check_continuous, protein_atoms, select_protein
@@ -32,6 +37,8 @@ log = logging.getLogger(__name__)
 FRAME_PS = 1000.0  # mdCATH saves one frame per ns
 NM_PER_A = 0.1
 MDCATH_FIX = "delete it; snakemake downloads it again"
+DOMAIN = re.compile(r"[A-Za-z0-9]+")  # CATH domain ids (1a02F00); `{domain}_{T}` is then a workflow {name}
+SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
@@ -39,6 +46,7 @@ class MdcathConfig:
     """The `mdcath` config section."""
 
     base_url: str = "https://huggingface.co/datasets/compsciencelab/mdCATH/resolve/main"
+    domains: list[dict[str, str]] = field(default_factory=list)  # [{domain, split}]: what the workflow prepares
     temperatures: list[int] = field(default_factory=lambda: [320])
     replicas: list[int] = field(default_factory=lambda: [0, 1, 2])
     max_retries: int = 5
@@ -49,17 +57,45 @@ class MdcathConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "MdcathConfig":
-        cfg = cls(**dataclass_section(cls, section_json(text, "mdcath"), "mdcath"))
+        return cls.from_dict(section_json(text, "mdcath"))
+
+    @classmethod
+    def from_dict(cls, section: object) -> "MdcathConfig":
+        cfg = cls(**dataclass_section(cls, section, "mdcath"))
         if not cfg.temperatures or not cfg.replicas or len(set(cfg.replicas)) != len(cfg.replicas):
             raise ValueError(f"mdcath: need temperatures and distinct replicas, got {cfg.temperatures}, {cfg.replicas}")
+        cfg.splits()  # every domain entry checked
         return cfg
+
+    def splits(self) -> dict[str, list[str]]:
+        """{split: [`{domain}_{T}`, ...]}: each listed domain at each chosen temperature, in the domain's split."""
+        out: dict[str, list[str]] = {split: [] for split in SPLITS}
+        seen: set[str] = set()
+        for i, raw in enumerate(self.domains):
+            where = f"mdcath.domains[{i}]"
+            entry = section_keys(raw, ("domain", "split"), where)
+            domain, split = entry.get("domain"), entry.get("split")
+            if not isinstance(domain, str) or not DOMAIN.fullmatch(domain):
+                raise ValueError(f"{where}: domain {domain!r} is not a CATH domain id (letters, digits: 1a02F00)")
+            if split not in SPLITS:
+                raise ValueError(f"{where} ({domain}): split {split!r} is not one of {list(SPLITS)}")
+            if domain in seen:
+                raise ValueError(f"{where}: duplicate domain {domain}")
+            seen.add(domain)
+            out[split] += [f"{domain}_{t}" for t in self.temperatures]
+        return out
 
     def retry_policy(self) -> RetryPolicy:
         return RetryPolicy(**{f.name: getattr(self, f.name) for f in fields(RetryPolicy)})
 
 
+def domain_file(domain: str) -> str:
+    """mdCATH's file name for a domain, on the server (under data/) and on disk alike."""
+    return f"mdcath_dataset_{domain}.h5"
+
+
 def mdcath_url(base_url: str, domain: str) -> str:
-    return f"{base_url.rstrip('/')}/data/mdcath_dataset_{domain}.h5"
+    return f"{base_url.rstrip('/')}/data/{domain_file(domain)}"
 
 
 def verify_domain_file(path: Path, domain: str) -> None:
@@ -74,7 +110,7 @@ def verify_domain_file(path: Path, domain: str) -> None:
 
 def download_domain(domain: str, h5_dir: Path, cfg: MdcathConfig) -> Path:
     """`{h5_dir}/mdcath_dataset_{domain}.h5`, downloaded (resuming a `.part`) unless present; verified either way."""
-    path = h5_dir / f"mdcath_dataset_{domain}.h5"
+    path = h5_dir / domain_file(domain)
     if not path.exists():
         url = mdcath_url(cfg.base_url, domain)
         try:
@@ -135,14 +171,22 @@ def prepare_temperature(h5_path: Path, domain: str, temperature: int, replicas: 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m starmd prepare-mdcath", description=__doc__.split("\n")[0])
+    parser.add_argument("part", choices=("download", "convert"),
+                        help="download (and verify) the domain file, or convert it to the raw layout")
     parser.add_argument("--domain", required=True, help="CATH domain, e.g. 1a02F00")
     parser.add_argument("--h5-dir", required=True, type=Path, help="where mdcath_dataset_{domain}.h5 is kept")
-    parser.add_argument("--out-root", required=True, type=Path, help="receives {domain}_{T}/ per temperature")
+    parser.add_argument("--out-root", type=Path, help="convert: receives {domain}_{T}/ per temperature")
+    parser.add_argument("--temperature", type=int, help="convert: only this temperature (default: the config's)")
     parser.add_argument("--config-json", default="{}", help="JSON of the `mdcath` config section")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     cfg = MdcathConfig.from_json(args.config_json)
-    h5 = download_domain(args.domain, args.h5_dir, cfg)
-    for temperature in cfg.temperatures:
+    if args.part == "download":
+        download_domain(args.domain, args.h5_dir, cfg)
+        return 0
+    if args.out_root is None:
+        parser.error("convert needs --out-root")
+    h5 = args.h5_dir / domain_file(args.domain)
+    for temperature in cfg.temperatures if args.temperature is None else [args.temperature]:
         prepare_temperature(h5, args.domain, temperature, cfg.replicas, args.out_root / f"{args.domain}_{temperature}")
     return 0
