@@ -185,6 +185,15 @@ def output_dir(wildcards, output):
     return str(Path(output[0]).parent)
 
 
+def input_dir(wildcards, input):
+    return str(Path(input[0]).parent)
+
+
+def raw_root(wildcards, output):
+    """data/raw/{dataset}, from a rule's `pdb` output data/raw/{dataset}/{name}/{name}.pdb."""
+    return str(Path(output.pdb).parents[1])
+
+
 def split_files(kind, split):
     """Frames or features HDF5 of every protein in a split (the training inputs)."""
     pattern = "data/frames/{name}.h5" if kind == "frames" else f"data/features/{FEATURIZER}/{{name}}.h5"

@@ -189,8 +189,8 @@ rule prepare_mdcath:
         "../envs/starmd.yaml"
     params:
         cfg=section_json("mdcath"),
-        h5_dir="data/raw/mdcath/h5",
-        out_root="data/raw/mdcath",
+        h5_dir=input_dir,
+        out_root=raw_root,
     shell:
         "python -m starmd prepare-mdcath convert --domain {wildcards.domain} --temperature {wildcards.temperature} "
         "--h5-dir {params.h5_dir} --out-root {params.out_root} --config-json {params.cfg:q} > {log} 2>&1"
