@@ -96,3 +96,24 @@ def test_generate_refuses_a_chain_break(checkpoint, wet_pdb, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 1 and "gap.pdb: chain break between residues" in err and "numbering skips 1 residue(s)" in err
     assert not (tmp_path / "gen" / "gap.h5").exists()
+
+
+def test_snakemake_generate_target_from_structures_folder(checkpoint, wet_pdb, tmp_path):
+    """The `generate` rule, run for real: structures/{stem}.pdb + the run's checkpoint -> runs/{run}/generated/."""
+    import shutil
+
+    import yaml
+    from test_workflow import _copy_workflow, _snakemake
+
+    work = _copy_workflow(tmp_path)
+    (work / "runs/gen/checkpoints").mkdir(parents=True)
+    shutil.copy(checkpoint, work / "runs/gen/checkpoints/final.pt")
+    (work / "structures").mkdir()
+    shutil.copy(wet_pdb, work / "structures/mine.pdb")
+    (work / "gen.yaml").write_text(yaml.safe_dump({"run": "gen", "features": FEATURES, "rollout": ROLLOUT}))
+    proc = _snakemake(work, "runs/gen/generated/mine.h5", "--configfile", "gen.yaml")
+    assert "rule generate:" in proc.stderr and "rule train:" not in proc.stderr  # the checkpoint is used as is
+    report = json.loads((work / "runs/gen/generated/mine_report.json").read_text())
+    assert (report["n_samples"], report["n_frames"], report["n_residues"]) == (2, 4, N_RES)
+    with h5py.File(work / "runs/gen/generated/mine.h5") as h5:
+        assert h5["translations"].shape == (2, 4, N_RES, 3)
