@@ -16,6 +16,8 @@ from PeptideBuilder import PeptideBuilder
 
 from starmd.__main__ import main as starmd_main
 from starmd.data.frames import FramesConfig, extract_frames, read_frames
+from starmd.data.mdcath import MdcathConfig
+from starmd.data.splits import SplitsConfig, make_splits
 from test_atlas_download import server  # noqa: F401  (the loopback HTTP server fixture)
 
 DOMAIN = "1abcA00"
@@ -121,3 +123,20 @@ def test_snakemake_dataset_mdcath_downloads_converts_and_plans_the_pipeline(serv
     (work / "mine.yaml").write_text(yaml.safe_dump(config))
     proc = _snakemake(work, "-n", "--configfile", "mine.yaml", check=False)
     assert proc.returncode != 0 and "config mdcath.domains: empty" in proc.stderr
+
+
+def test_config_domains_become_proteins_per_temperature_and_errors_name_the_entry():
+    section = {"temperatures": [320, 450], "domains": [{"domain": "1abcA00", "split": "train"},
+                                                       {"domain": "2defB01", "split": "test"}]}
+    assert make_splits("mdcath", SplitsConfig(), mdcath_section=section) == {
+        "train": ["1abcA00_320", "1abcA00_450"], "val": [], "test": ["2defB01_320", "2defB01_450"]}
+    assert make_splits("mdcath", SplitsConfig(names={"test": ["2defB01_450"]}), mdcath_section=section)["test"] == [
+        "2defB01_450"]
+    with pytest.raises(ValueError, match="splits.max_seqlen: this dataset's sequences are known only after"):
+        make_splits("mdcath", SplitsConfig(max_seqlen=100), mdcath_section=section)
+    bad = [({"domain": "1ab_c", "split": "train"}, r"mdcath.domains\[1\]: domain '1ab_c' is not a CATH domain id"),
+           ({"domain": "2defB01", "split": "val"}, r"mdcath.domains\[1\]: duplicate domain 2defB01"),
+           ({"domain": "3xyz", "split": "dev"}, r"mdcath.domains\[1\] \(3xyz\): split 'dev' is not one of")]
+    for entry, message in bad:
+        with pytest.raises(ValueError, match=message):
+            MdcathConfig.from_dict({"domains": [section["domains"][1], entry]})

@@ -29,6 +29,7 @@ import numpy as np
 from starmd.config import dataclass_section, section_json, section_keys
 from starmd.data.download import DownloadError, RetryPolicy, download_resumable
 from starmd.data.residues import protein_residues
+from starmd.data.splits import SPLITS
 from starmd.data.structure import check_continuous, protein_atoms, select_protein
 from starmd.errors import InputError, open_h5
 from starmd.io import atomic_dir, write_json
@@ -38,7 +39,6 @@ FRAME_PS = 1000.0  # mdCATH saves one frame per ns
 NM_PER_A = 0.1
 MDCATH_FIX = "delete it; snakemake downloads it again"
 DOMAIN = re.compile(r"[A-Za-z0-9]+")  # CATH domain ids (1a02F00); `{domain}_{T}` is then a workflow {name}
-SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
