@@ -10,6 +10,8 @@ from snakemake.utils import validate
 
 from starmd.bench.config import load_settings, section_for
 from starmd.config import validate_config
+from starmd.data.local import find_entry, load_entries
+from starmd.data.mdcath import MdcathConfig
 from starmd.delta_t import check_rollout_delta_t
 
 # The MD replicas every dataset provides (prepare_demo writes them, ATLAS ships them).
@@ -80,26 +82,79 @@ def _protein_splits():
     """{split: [names]} exactly as make_splits writes them (same library call, so the DAG and the files agree)."""
     from starmd.data.splits import SplitsConfig, make_splits
 
-    return make_splits(
-        DATASET,
-        SplitsConfig.from_dict(config["splits"]),
-        demo_section=config["demo"],
-        synthetic_section=config["synthetic"],
-    )
+    try:
+        return make_splits(
+            DATASET,
+            SplitsConfig.from_dict(config["splits"]),
+            demo_section=config["demo"],
+            synthetic_section=config["synthetic"],
+            local_section=config["local"] if DATASET == "local" else None,
+            mdcath_section=config["mdcath"],
+        )
+    except ValueError as exc:  # e.g. an empty split, or mdcath.domains left empty
+        sys.exit(f"config {exc}")
 
 
+def _local_entries():
+    """The `local` manifest, checked (names, files, splits, dt_ps) before any job starts; [] for other datasets."""
+    if DATASET != "local":
+        return []
+    try:
+        return load_entries(config["local"])
+    except ValueError as exc:
+        sys.exit(f"config {exc}")
+
+
+LOCAL_ENTRIES = _local_entries()
 SPLITS = _protein_splits()
 PROTEINS = sorted({n for names in SPLITS.values() for n in names})
 TEST_PROTEINS = SPLITS["test"]
 
 
-# --- raw MD (identical layout for the demo and ATLAS) -----------------------------------------------------------
+# mdCATH replicas chosen in the config, in order, become R1, R2, ... of every {domain}_{T} protein.
+MDCATH_REPLICAS = [f"R{k}" for k in range(1, len(MdcathConfig.from_dict(config["mdcath"]).replicas) + 1)]
+
+
+# --- raw MD (identical layout for every dataset) ----------------------------------------------------------------
 def raw_pdb(wildcards):
     return f"{RAW}/{wildcards.name}/{wildcards.name}.pdb"
 
 
+def replicas_of(name):
+    """R1, R2, ...: one per trajectory of a local protein's manifest entry, one per chosen mdCATH replica; the
+    workflow's REPLICAS otherwise."""
+    if DATASET == "local":
+        return [f"R{k}" for k in range(1, len(find_entry(LOCAL_ENTRIES, name).trajectories) + 1)]
+    if DATASET == "mdcath":
+        return MDCATH_REPLICAS
+    return REPLICAS
+
+
 def raw_xtcs(wildcards):
-    return [f"{RAW}/{wildcards.name}/{wildcards.name}_prod_{r}_fit.xtc" for r in REPLICAS]
+    return [f"{RAW}/{wildcards.name}/{wildcards.name}_prod_{r}_fit.xtc" for r in replicas_of(wildcards.name)]
+
+
+def local_start_inputs(wildcards):
+    """The topology and first trajectory of a local protein (so editing either reruns its conversion)."""
+    entry = find_entry(LOCAL_ENTRIES, wildcards.name)
+    return [str(entry.topology), str(entry.trajectories[0])]
+
+
+def local_trajectory(wildcards):
+    entry = find_entry(LOCAL_ENTRIES, wildcards.name)
+    k = int(wildcards.k)
+    if not 1 <= k <= len(entry.trajectories):
+        raise ValueError(f"{entry.where}: has {len(entry.trajectories)} trajectories, no replica R{k}")
+    return str(entry.trajectories[k - 1])
+
+
+for _name in TEST_PROTEINS:  # evaluation compares against these replicas of every test protein
+    for _role in ("reference_replica", "oracle_replica"):
+        if config["evaluation"].get(_role, REPLICAS[0]) not in replicas_of(_name):
+            sys.exit(
+                f"config local: test protein {_name} has replicas {replicas_of(_name)}, but evaluation.{_role} is "
+                f"{config['evaluation'][_role]} (give it more trajectories, or make it a train protein)"
+            )
 
 
 def truth_files(wildcards):
@@ -114,8 +169,8 @@ def features_json(wildcards):
 
 
 def dataset_json_arg(wildcards):
-    """make-splits needs the protein list of the demo or synthetic dataset (and nothing for ATLAS)."""
-    if DATASET in ("demo", "synthetic"):
+    """make-splits needs the dataset's config section for its protein list (nothing for ATLAS: shipped lists)."""
+    if DATASET in ("demo", "synthetic", "local", "mdcath"):
         return f"--{DATASET}-json {shlex.quote(section_json(DATASET))}"
     return ""
 
@@ -133,6 +188,15 @@ def output_dir(wildcards, output):
     return str(Path(output[0]).parent)
 
 
+def input_dir(wildcards, input):
+    return str(Path(input[0]).parent)
+
+
+def raw_root(wildcards, output):
+    """data/raw/{dataset}, from a rule's `pdb` output data/raw/{dataset}/{name}/{name}.pdb."""
+    return str(Path(output.pdb).parents[1])
+
+
 def split_files(kind, split):
     """Frames or features HDF5 of every protein in a split (the training inputs)."""
     pattern = "data/frames/{name}.h5" if kind == "frames" else f"data/features/{FEATURIZER}/{{name}}.h5"
@@ -143,6 +207,14 @@ def split_files(kind, split):
 def rollout_xtcs(folder, n_samples):
     """One XTC per sampled trajectory beside the rollout HDF5 ({name} stays a wildcard)."""
     return [f"{folder}/{{name}}_s{k}.xtc" for k in range(n_samples)]
+
+
+def structure_file(wildcards):
+    """structures/{stem}.pdb, else structures/{stem}.cif: the input of `generate` (a structure, no MD)."""
+    for ext in ("pdb", "cif"):
+        if Path(f"structures/{wildcards.stem}.{ext}").exists():
+            return f"structures/{wildcards.stem}.{ext}"
+    return f"structures/{wildcards.stem}.pdb"  # missing: Snakemake names it
 
 
 ABLATION_TAUS = [f"{t:g}" for t in config["ablation"]["taus"]]

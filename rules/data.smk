@@ -26,6 +26,7 @@ rule prepare_demo:
 # `--resources downloads=N` at once against the one ATLAS host (the slurm/ profile sets 4).
 localrules:
     download_atlas,
+    download_mdcath,
 
 
 rule prepare_synthetic:
@@ -104,3 +105,92 @@ rule extract_frames:
     shell:
         "python -m starmd extract-frames --name {wildcards.name} --pdb {input.pdb} --xtc {input.xtc} "
         "--out {output} --config-json {params.cfg:q} > {log} 2>&1"
+
+
+rule prepare_local_start:
+    """Your own MD: the start structure (frame 0 of the first trajectory; protein only, made whole) + provenance."""
+    input:
+        local_start_inputs,
+    output:
+        pdb="data/raw/local/{name}/{name}.pdb",
+        provenance="data/raw/local/{name}/provenance.json",
+    log:
+        "logs/prepare_local/{name}_start.log",
+    conda:
+        "../envs/starmd.yaml"
+    params:
+        cfg=section_json("local"),
+        out_dir="data/raw/local/{name}",
+    shell:
+        "python -m starmd prepare-local start --name {wildcards.name} --out {params.out_dir} "
+        "--config-json {params.cfg:q} > {log} 2>&1"
+
+
+rule prepare_local_replica:
+    """Your own MD: trajectory k of the manifest entry as replica R{k} (protein only, made whole, CA-fitted)."""
+    input:
+        start="data/raw/local/{name}/{name}.pdb",
+        trajectory=local_trajectory,
+    output:
+        "data/raw/local/{name}/{name}_prod_R{k}_fit.xtc",
+    log:
+        "logs/prepare_local/{name}_R{k}.log",
+    wildcard_constraints:
+        k=r"[0-9]+",
+    conda:
+        "../envs/starmd.yaml"
+    params:
+        cfg=section_json("local"),
+    shell:
+        "python -m starmd prepare-local replica --name {wildcards.name} --index {wildcards.k} --start {input.start} "
+        "--out {output} --config-json {params.cfg:q} > {log} 2>&1"
+
+
+rule download_mdcath:
+    """One mdCATH domain file: resumable, size-verified download, checked to open as HDF5 holding the domain."""
+    output:
+        "data/raw/mdcath/h5/mdcath_dataset_{domain}.h5",
+    log:
+        "logs/download_mdcath/{domain}.log",
+    wildcard_constraints:
+        domain=r"[A-Za-z0-9]+",
+    retries: 2
+    conda:
+        "../envs/starmd.yaml"
+    resources:
+        downloads=1,
+    params:
+        cfg=section_json("mdcath"),
+        h5_dir=output_dir,
+    shell:
+        "python -m starmd prepare-mdcath download --domain {wildcards.domain} --h5-dir {params.h5_dir} "
+        "--config-json {params.cfg:q} > {log} 2>&1"
+
+
+rule prepare_mdcath:
+    """One mdCATH domain at one temperature as protein {domain}_{temperature}: start structure + CA-fitted replicas."""
+    input:
+        "data/raw/mdcath/h5/mdcath_dataset_{domain}.h5",
+    output:
+        pdb="data/raw/mdcath/{domain}_{temperature}/{domain}_{temperature}.pdb",
+        xtc=expand(
+            "data/raw/mdcath/{{domain}}_{{temperature}}/{{domain}}_{{temperature}}_prod_{replica}_fit.xtc",
+            replica=MDCATH_REPLICAS,
+        ),
+        provenance="data/raw/mdcath/{domain}_{temperature}/provenance.json",
+    log:
+        "logs/prepare_mdcath/{domain}_{temperature}.log",
+    benchmark:
+        "benchmarks/rules/prepare_mdcath/{domain}_{temperature}.tsv"
+    wildcard_constraints:
+        domain=r"[A-Za-z0-9]+",
+        temperature=r"[0-9]+",
+    conda:
+        "../envs/starmd.yaml"
+    params:
+        cfg=section_json("mdcath"),
+        h5_dir=input_dir,
+        out_root=raw_root,
+    shell:
+        "python -m starmd prepare-mdcath convert --domain {wildcards.domain} --temperature {wildcards.temperature} "
+        "--h5-dir {params.h5_dir} --out-root {params.out_root} --config-json {params.cfg:q} > {log} 2>&1"

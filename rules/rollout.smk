@@ -41,3 +41,26 @@ use rule rollout as rollout_ablation with:
         f"benchmarks/rules/{RUN}/ablation/tau{{tau}}/rollout/{{name}}.tsv"
     params:
         cfg=ablation_rollout_json,
+
+
+rule generate:
+    """Rollouts of a structure alone (structures/{stem}.pdb or .cif; no MD): features, rollout, reference-free report."""
+    input:
+        ckpt=f"runs/{RUN}/checkpoints/final.pt",
+        structure=structure_file,
+    output:
+        h5=f"runs/{RUN}/generated/{{stem}}.h5",
+        report=f"runs/{RUN}/generated/{{stem}}_report.json",
+    log:
+        f"logs/{RUN}/generate/{{stem}}.log",
+    conda:
+        "../envs/starmd.yaml"
+    resources:
+        gpu=1,
+    params:
+        rollout=section_json("rollout"),
+        features=section_json("features"),
+        out_dir=output_dir,
+    shell:
+        "python -m starmd generate --checkpoint {input.ckpt} --structure {input.structure} --out-dir {params.out_dir} "
+        "--rollout-json {params.rollout:q} --features-json {params.features:q} > {log} 2>&1"

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from starmd.data.demo import DemoConfig
+from starmd.data.mdcath import FRAME_PS as MDCATH_FRAME_PS
 from starmd.data.synthetic import SyntheticConfig
 
 # ATLAS saves a frame every 10 ps (Vander Meersche et al. 2024; 10,000 frames per 100 ns replica).
@@ -32,11 +33,21 @@ def in_trained_range(delta_t_ps: float, lo: float, hi: float) -> bool:
     return lo * (1 - _TOLERANCE) <= delta_t_ps <= hi * (1 + _TOLERANCE)
 
 
-def source_frame_interval(config: Mapping[str, Any]) -> tuple[float, str]:
-    """(spacing in ps of the raw MD frames, where that number comes from) for the configured dataset."""
+def source_frame_interval(config: Mapping[str, Any]) -> tuple[float, str] | None:
+    """(spacing in ps of the raw MD frames, where that number comes from) for the configured dataset; None for
+    `local` MD whose spacing is not one number known before its files are read (the rollout then warns per
+    checkpoint, from the spacing the frames file records)."""
     dataset = config["dataset"]
     if dataset == "atlas":
         return ATLAS_FRAME_INTERVAL_PS, "ATLAS saves every 10 ps"
+    if dataset == "mdcath":
+        return MDCATH_FRAME_PS, "mdCATH saves every 1 ns"
+    if dataset == "local":
+        entries = config.get("local", {}).get("proteins") or []
+        spacings = {e.get("dt_ps") for e in entries}
+        if len(spacings) != 1 or None in spacings or config.get("local", {}).get("manifest"):
+            return None
+        return float(spacings.pop()), "local.proteins[*].dt_ps"
     default = {"demo": DemoConfig, "synthetic": SyntheticConfig}[dataset].frame_interval_ps  # not filled by validate
     return float(config.get(dataset, {}).get("frame_interval_ps", default)), f"{dataset}.frame_interval_ps"
 
@@ -49,7 +60,10 @@ def check_rollout_delta_t(config: Mapping[str, Any]) -> None:
     rollout = config["rollout"]
     if rollout.get("allow_delta_t_extrapolation", False):
         return
-    source_ps, source = source_frame_interval(config)
+    spacing = source_frame_interval(config)
+    if spacing is None:
+        return
+    source_ps, source = spacing
     stored_ps = config["frames"]["stride"] * source_ps
     strides = config["training"]["strides"]
     lo, hi = trained_delta_t_range(strides, stored_ps)

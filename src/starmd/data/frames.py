@@ -21,6 +21,7 @@ import torch
 
 from starmd.config import dataclass_section, section_json
 from starmd.data.residues import protein_residues, sequence_to_aatype
+from starmd.data.structure import check_continuous
 from starmd.errors import InputError, check_finite_dataset, open_h5, reading
 from starmd.geometry import Rigid
 from starmd.io import atomic_path, sha256sum
@@ -104,6 +105,7 @@ def extract_frames(pdb: str | Path, xtcs: list[str | Path], out: str | Path, cfg
         start = md.load(str(pdb))
     top = start.topology
     sequence, residue_index, bb_idx = protein_residues(top, str(pdb))
+    check_continuous(start, pdb)
     residues = [f"{r.name} {r.resSeq}" for r in top.residues]
     n_res = len(sequence)
     start_rots, start_trans = backbone_frames(start.xyz[:1, bb_idx], str(pdb), residues)

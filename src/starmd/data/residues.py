@@ -24,6 +24,11 @@ _THREE_TO_ONE = {
 BACKBONE_ATOMS = ("N", "CA", "C")
 
 
+def is_amino_acid(residue_name: str) -> bool:
+    """True for the 20 amino acids and their MD protonation/disulfide variants (water, ions, caps: False)."""
+    return residue_name.upper() in _THREE_TO_ONE
+
+
 def one_letter(residue_name: str, where: str) -> str:
     """One-letter code of a residue name; `where` names the file/residue in the error."""
     try:

@@ -4,8 +4,10 @@ ATLAS uses the AlphaFlow/MDGen split lists shipped as package data (`starmd/data
 from bjing2016/mdgen@81482a4), so our test set is the peers' test set. The demo takes its split from the `split`
 field of each protein in the `demo` config section. The synthetic known-answer system is its own train and test
 protein on purpose: the question it answers is whether the model learns the dynamics it was shown (scored against
-exact statistics, not against a held-out replica). Any of them can be narrowed for a cheaper run: explicit name lists
-replace a split, `max_seqlen` drops long chains, `limit` keeps the first n names (file order, so no seed is needed).
+exact statistics, not against a held-out replica). Local MD and mdCATH take theirs from their config sections (a
+manifest entry's split; an mdCATH domain's split, shared by all its temperatures). Any of them can be narrowed for
+a cheaper run: explicit name lists replace a split, `max_seqlen` drops long chains, `limit` keeps the first n names
+(file order, so no seed is needed).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from starmd.config import section_keys
 from starmd.io import atomic_path
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-DATASETS: tuple[str, ...] = ("atlas", "demo", "synthetic")
+DATASETS: tuple[str, ...] = ("atlas", "demo", "synthetic", "local", "mdcath")
 # Splits that may not come out empty: training needs proteins, and evaluation needs held-out ones.
 _REQUIRED_NONEMPTY: tuple[str, ...] = ("train", "test")
 
@@ -123,22 +125,53 @@ def synthetic_splits(synthetic_section: Mapping[str, Any]) -> tuple[dict[str, li
     return {"train": [cfg.name], "val": [], "test": [cfg.name]}, {cfg.name: cfg.sequence}
 
 
-def apply_config(base: Mapping[str, list[str]], sequences: Mapping[str, str],
+def local_splits(local_section: Mapping[str, Any]) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """Split lists from the `local` manifest, and each protein's sequence (amino-acid residues of its topology)."""
+    import mdtraj as md
+
+    from starmd.data.local import load_entries
+    from starmd.data.residues import is_amino_acid, one_letter
+
+    splits: dict[str, list[str]] = {split: [] for split in SPLITS}
+    sequences: dict[str, str] = {}
+    for entry in load_entries(local_section):
+        splits[entry.split].append(entry.name)
+        residues = [r for r in md.load_topology(str(entry.topology)).residues if is_amino_acid(r.name)]
+        sequences[entry.name] = "".join(one_letter(r.name, entry.where) for r in residues)
+    return splits, sequences
+
+
+def mdcath_splits(mdcath_section: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Split lists of the `mdcath` section's domains (one protein per domain and temperature)."""
+    from starmd.data.mdcath import MdcathConfig
+
+    cfg = MdcathConfig.from_dict(mdcath_section)
+    if not cfg.domains:
+        raise ValueError("mdcath.domains: empty; list the CATH domains to prepare ({domain, split} each)")
+    return cfg.splits()
+
+
+def apply_config(base: Mapping[str, list[str]], sequences: Mapping[str, str] | None,
                  config: SplitsConfig, allow_train_test_overlap: bool = False) -> dict[str, list[str]]:
     """Narrow a dataset's split: explicit names -> `max_seqlen` filter -> `limit` (first n).
 
     Explicit names must belong to the dataset (so they can be downloaded/prepared) and stay disjoint across splits:
-    a protein in both train and test would leak the test set into training.
+    a protein in both train and test would leak the test set into training. `sequences` is None where they are
+    known only after a download (mdCATH): `max_seqlen` is then an error, not a silent no-op.
     """
+    if sequences is None and config.max_seqlen is not None:
+        raise ValueError("splits.max_seqlen: this dataset's sequences are known only after download; list the "
+                         "proteins you want instead (or set max_seqlen to null)")
+    known = set(sequences) if sequences is not None else {n for names in base.values() for n in names}
     out: dict[str, list[str]] = {}
     for split in SPLITS:
         chosen = (config.names or {}).get(split)
         if chosen is not None:
-            unknown = [n for n in chosen if n not in sequences]
+            unknown = [n for n in chosen if n not in known]
             if unknown:
                 raise ValueError(f"splits.names.{split}: {unknown} are not in this dataset's protein list")
         names = list(base[split] if chosen is None else chosen)
-        if config.max_seqlen is not None:
+        if sequences is not None and config.max_seqlen is not None:
             names = [n for n in names if len(sequences[n]) <= config.max_seqlen]
         n_keep = (config.limit or {}).get(split)
         out[split] = names if n_keep is None else names[:n_keep]
@@ -171,14 +204,24 @@ def read_split(path: str | Path) -> list[str]:
 
 
 def make_splits(dataset: str, config: SplitsConfig, demo_section: Mapping[str, Any] | None = None,
-                synthetic_section: Mapping[str, Any] | None = None) -> dict[str, list[str]]:
-    """Resolve the final split lists for `dataset` ('atlas', 'demo' or 'synthetic')."""
+                synthetic_section: Mapping[str, Any] | None = None,
+                local_section: Mapping[str, Any] | None = None,
+                mdcath_section: Mapping[str, Any] | None = None) -> dict[str, list[str]]:
+    """Resolve the final split lists for `dataset` (one of DATASETS)."""
     if dataset == "atlas":
         base, sequences = atlas_splits(), atlas_sequences()
     elif dataset == "demo":
         if demo_section is None:
             raise ValueError("make-splits --dataset demo needs --demo-json (the demo config section)")
         base, sequences = demo_splits(demo_section)
+    elif dataset == "local":
+        if local_section is None:
+            raise ValueError("make-splits --dataset local needs --local-json (the local config section)")
+        base, sequences = local_splits(local_section)
+    elif dataset == "mdcath":
+        if mdcath_section is None:
+            raise ValueError("make-splits --dataset mdcath needs --mdcath-json (the mdcath config section)")
+        base, sequences = mdcath_splits(mdcath_section), None
     elif dataset == "synthetic":
         base, sequences = synthetic_splits(synthetic_section or {})
         return apply_config(base, sequences, config, allow_train_test_overlap=True)
@@ -202,12 +245,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--demo-json", default=None, help="the `demo` config section as JSON (for --dataset demo)")
     parser.add_argument("--synthetic-json", default=None,
                         help="the `synthetic` config section as JSON (for --dataset synthetic)")
+    parser.add_argument("--local-json", default=None, help="the `local` config section as JSON (for --dataset local)")
+    parser.add_argument("--mdcath-json", default=None,
+                        help="the `mdcath` config section as JSON (for --dataset mdcath)")
     args = parser.parse_args(argv)
     try:
         config = SplitsConfig.from_dict(_json_arg(args.config_json, "--config-json"))
         demo = None if args.demo_json is None else _json_arg(args.demo_json, "--demo-json")
         synthetic = None if args.synthetic_json is None else _json_arg(args.synthetic_json, "--synthetic-json")
-        splits = make_splits(args.dataset, config, demo, synthetic)
+        local = None if args.local_json is None else _json_arg(args.local_json, "--local-json")
+        mdcath = None if args.mdcath_json is None else _json_arg(args.mdcath_json, "--mdcath-json")
+        splits = make_splits(args.dataset, config, demo, synthetic, local, mdcath)
     except ValueError as e:
         print(f"make-splits: {e}", file=sys.stderr)
         return 2
