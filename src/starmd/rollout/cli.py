@@ -19,6 +19,8 @@ from pathlib import Path
 import h5py
 
 from starmd.delta_t import in_trained_range, trained_delta_t_range
+from starmd.estimate.at_start import log_estimate, rollout_predictor
+from starmd.estimate.config import model_dims
 from starmd.io import file_fingerprint, sha256sum
 from starmd.rollout.config import RolloutConfig
 from starmd.rollout.inputs import check_match, load_features, load_model, load_start
@@ -54,6 +56,11 @@ def rollout_protein(*, checkpoint: Path, features_path: Path, frames_path: Path,
                     "model never saw a chain this long; quality beyond the crop is not measured (docs/rollout.md)",
                     out.stem, n_res, crop)
     device = resolve_device(cfg.device)
+    dims = model_dims(config["model"], config["features"])
+    log_estimate(log, f"rollout of {out.stem} (N={n_res}, {cfg.n_samples} samples x {cfg.n_frames} frames x "
+                 f"{cfg.steps} steps)", out.stem, dims,
+                 rollout_predictor(dims, n_res, cfg.n_samples, cfg.n_frames, cfg.steps, cfg.context_window,
+                                   device.type), device)
     model = model.to(device)
     checkpoint_sha256 = sha256sum(checkpoint)
     science = {k: v for k, v in cfg.to_dict().items() if k not in RolloutConfig.RESUMABLE}

@@ -24,6 +24,8 @@ import torch
 
 from starmd.diffusion import SE3Diffuser
 from starmd.errors import open_h5
+from starmd.estimate.at_start import log_estimate, training_predictor
+from starmd.estimate.config import model_dims
 from starmd.features.io import FEATURES_FIX, check_features
 from starmd.io import file_fingerprint
 from starmd.model import StarMD, model_hparams
@@ -70,6 +72,19 @@ def build_diffuser(config: dict[str, Any]) -> SE3Diffuser:
     return SE3Diffuser(**config["diffusion"])
 
 
+def log_training_estimate(config: dict[str, Any], cfg: TrainingConfig, data: FrameWindowDataset,
+                          device: torch.device) -> None:
+    """Size one process's training on the longest training protein (its crop gives the largest windows, so the
+    peak), and warn if that exceeds the memory this job was granted (starmd.estimate.at_start)."""
+    longest = max(data.entries, key=lambda e: e.n_residues)
+    n_res = min(longest.n_residues, cfg.crop_size)
+    dims = model_dims(config["model"], config["features"])
+    micro_steps = cfg.steps * cfg.grad_accum  # the time model is per micro-batch of batch_size windows
+    log_estimate(log, f"training ({cfg.steps} steps x {cfg.grad_accum} micro-batches of {cfg.batch_size} windows x "
+                 f"{cfg.num_frames} frames, longest protein {longest.name} cropped to N={n_res})", longest.name, dims,
+                 training_predictor(dims, n_res, cfg.num_frames, cfg.batch_size, micro_steps, device.type), device)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m starmd train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -108,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank (DDP also broadcasts them)
         model = build_model(config, c_s_in, c_z_in)
         model.activation_checkpointing = cfg.activation_checkpointing
+        if env.is_main:
+            log_training_estimate(config, cfg, train_data, env.device)
         trainer = Trainer(model=model, diffuser=build_diffuser(config), cfg=cfg, config=config,
                           train_data=train_data, val_data=val_data, run_dir=args.run_dir, env=env,
                           restart_if_changed=args.restart_if_changed)
