@@ -11,7 +11,7 @@ from snakemake.utils import validate
 from starmd.bench.config import load_settings, section_for
 from starmd.config import validate_config
 from starmd.data.local import find_entry, load_entries
-from starmd.data.mdcath import MdcathConfig
+from starmd.data.mdcath import MdcathConfig, part_section
 from starmd.delta_t import check_rollout_delta_t
 
 # The MD replicas every dataset provides (prepare_demo writes them, ATLAS ships them).
@@ -138,6 +138,18 @@ def local_start_inputs(wildcards):
     """The topology and first trajectory of a local protein (so editing either reruns its conversion)."""
     entry = find_entry(LOCAL_ENTRIES, wildcards.name)
     return [str(entry.topology), str(entry.trajectories[0])]
+
+
+def local_entry_json(wildcards):
+    """Only this protein's manifest entry (paths resolved): the prepare_local params, so adding or editing another
+    protein reruns nothing of this one."""
+    return json.dumps(find_entry(LOCAL_ENTRIES, wildcards.name).as_section(), sort_keys=True)
+
+
+def mdcath_json(part):
+    """JSON of only the `mdcath` keys `prepare-mdcath {part}` reads (not the domain list, not the temperatures): the
+    params of its jobs, so listing another domain re-downloads and re-converts none already done."""
+    return json.dumps(part_section(config["mdcath"], part), sort_keys=True)
 
 
 def local_trajectory(wildcards):

@@ -119,7 +119,7 @@ rule prepare_local_start:
     conda:
         "../envs/starmd.yaml"
     params:
-        cfg=section_json("local"),
+        cfg=local_entry_json,
         out_dir="data/raw/local/{name}",
     shell:
         "python -m starmd prepare-local start --name {wildcards.name} --out {params.out_dir} "
@@ -140,7 +140,7 @@ rule prepare_local_replica:
     conda:
         "../envs/starmd.yaml"
     params:
-        cfg=section_json("local"),
+        cfg=local_entry_json,
     shell:
         "python -m starmd prepare-local replica --name {wildcards.name} --index {wildcards.k} --start {input.start} "
         "--out {output} --config-json {params.cfg:q} > {log} 2>&1"
@@ -160,7 +160,7 @@ rule download_mdcath:
     resources:
         downloads=1,
     params:
-        cfg=section_json("mdcath"),
+        cfg=mdcath_json("download"),
         h5_dir=output_dir,
     shell:
         "python -m starmd prepare-mdcath download --domain {wildcards.domain} --h5-dir {params.h5_dir} "
@@ -188,7 +188,7 @@ rule prepare_mdcath:
     conda:
         "../envs/starmd.yaml"
     params:
-        cfg=section_json("mdcath"),
+        cfg=mdcath_json("convert"),
         h5_dir=input_dir,
         out_root=raw_root,
     shell:

@@ -110,7 +110,8 @@ def test_snakemake_generate_target_from_structures_folder(checkpoint, wet_pdb, t
     shutil.copy(checkpoint, work / "runs/gen/checkpoints/final.pt")
     (work / "structures").mkdir()
     shutil.copy(wet_pdb, work / "structures/mine.pdb")
-    (work / "gen.yaml").write_text(yaml.safe_dump({"run": "gen", "features": FEATURES, "rollout": ROLLOUT}))
+    rollout = {**ROLLOUT, "delta_t_ps": 100.0}  # the workflow starts only with a trained Delta-t (paper: 100-400 ps)
+    (work / "gen.yaml").write_text(yaml.safe_dump({"run": "gen", "features": FEATURES, "rollout": rollout}))
     proc = _snakemake(work, "runs/gen/generated/mine.h5", "--configfile", "gen.yaml")
     assert "rule generate:" in proc.stderr and "rule train:" not in proc.stderr  # the checkpoint is used as is
     report = json.loads((work / "runs/gen/generated/mine_report.json").read_text())

@@ -189,7 +189,7 @@ def test_cli_names_a_trajectory_that_does_not_fit_the_topology(solvated_md, tmp_
 
 def test_snakemake_turns_a_local_manifest_into_splits_and_frames(solvated_md, tmp_path):
     import yaml
-    from test_workflow import _copy_workflow, _snakemake
+    from test_workflow import _copy_workflow, _jobs, _snakemake
 
     work = _copy_workflow(tmp_path)
     md_files = {k: str(v) for k, v in solvated_md.items() if k != "traj"}
@@ -209,6 +209,14 @@ def test_snakemake_turns_a_local_manifest_into_splits_and_frames(solvated_md, tm
     assert a["attrs"]["sequence"] == b["attrs"]["sequence"] == SEQUENCE
     assert b["attrs"]["provenance"]["removed_residues"]["HOH"] > 100
     assert "HOH" in (work / "logs/prepare_local/pep_B_start.log").read_text()
+    config["local"]["proteins"].append(  # one protein more: the splits and its own jobs rerun, not pep_A's, pep_B's
+        {"name": "pep_C", "topology": md_files["pdb"], "trajectories": md_files["trr"], "split": "val"})
+    (work / "mine.yaml").write_text(yaml.safe_dump(config))
+    out = _snakemake(work, "-n", "data/splits/test.txt", *(f"data/frames/pep_{p}.h5" for p in "ABC"),
+                     "--configfile", "mine.yaml").stdout
+    assert _jobs(out) == {"prepare_local_start": 1, "prepare_local_replica": 1, "extract_frames": 1,
+                          "make_splits": 1}, out
+    assert "name=pep_A" not in out and "name=pep_B" not in out  # no job of the proteins done
     config["local"]["proteins"][1]["trajectories"] = md_files["nc"]  # one replica cannot serve as reference + oracle
     (work / "mine.yaml").write_text(yaml.safe_dump(config))
     proc = _snakemake(work, "--configfile", "mine.yaml", "-n", check=False)

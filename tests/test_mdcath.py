@@ -92,7 +92,8 @@ def test_a_corrupt_download_is_named_and_deleted(server, tmp_path, capsys):  # n
 
 def test_snakemake_dataset_mdcath_downloads_converts_and_plans_the_pipeline(server, tmp_path):  # noqa: F811
     """`dataset: mdcath` end to end up to frames for one domain and temperature (a real snakemake run against the
-    loopback server), then a dry run that plans the rest of the pipeline for every domain and temperature."""
+    loopback server), then a dry run that plans the rest of the pipeline for every domain and temperature; a domain
+    added to the config reruns the splits and its own jobs, not the download or conversion of the one done."""
     import yaml
     from test_workflow import _copy_workflow, _jobs, _snakemake
 
@@ -102,6 +103,7 @@ def test_snakemake_dataset_mdcath_downloads_converts_and_plans_the_pipeline(serv
     (tmp_path / "wf").mkdir()
     work = _copy_workflow(tmp_path / "wf")
     config = {"dataset": "mdcath", "run": "mine", "features": {"featurizer": "offline"}, "frames": {"stride": 1},
+              "rollout": {"delta_t_ps": 1000.0},  # mdCATH's 1 ns frames: trained Delta-t 1-4 ns
               "mdcath": {"base_url": url, "backoff_base_s": 0.0, "temperatures": [320, 348],
                          "domains": [{"domain": DOMAIN, "split": "train"}, {"domain": "9zzzA01", "split": "test"}]}}
     (work / "mine.yaml").write_text(yaml.safe_dump(config))
@@ -119,6 +121,12 @@ def test_snakemake_dataset_mdcath_downloads_converts_and_plans_the_pipeline(serv
     assert jobs["download_mdcath"] == 1 and jobs["prepare_mdcath"] == 3  # the test domain, and 1abcA00 at 320 K
     assert jobs["extract_frames"] == 3 and jobs["featurize"] == 4
     assert all(jobs.get(rule) for rule in ("train", "rollout", "evaluate", "figures"))
+    config["mdcath"]["domains"].append({"domain": "2newB00", "split": "val"})  # one domain more: only its jobs run
+    (work / "mine.yaml").write_text(yaml.safe_dump(config))
+    out = _snakemake(work, "-n", "data/splits/test.txt", f"data/frames/{name}.h5", "data/frames/2newB00_348.h5",
+                     "--configfile", "mine.yaml").stdout
+    assert _jobs(out) == {"download_mdcath": 1, "prepare_mdcath": 1, "extract_frames": 1, "make_splits": 1}, out
+    assert f"domain={DOMAIN}" not in out and f"name={name}" not in out  # no job of the domain done
     config["mdcath"]["domains"] = []
     (work / "mine.yaml").write_text(yaml.safe_dump(config))
     proc = _snakemake(work, "-n", "--configfile", "mine.yaml", check=False)

@@ -54,6 +54,15 @@ class LocalEntry:
     dt_ps: float | None
     where: str
 
+    def as_section(self) -> dict[str, Any]:
+        """This entry alone as a `local` section, paths resolved: what a prepare job reads, so its params, and adding
+        or editing another protein never reruns this one's conversion."""
+        entry: dict[str, Any] = {"name": self.name, "topology": str(self.topology), "split": self.split,
+                                 "trajectories": [str(p) for p in self.trajectories]}
+        if self.dt_ps is not None:
+            entry["dt_ps"] = self.dt_ps
+        return {"proteins": [entry]}
+
 
 def _entry(raw: Mapping[str, Any], where: str, base: Path) -> LocalEntry:
     row = section_keys(raw, ("name", "topology", "trajectories", "split", "dt_ps"), where)

@@ -22,6 +22,7 @@ import re
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any, Mapping
 
 import h5py
 import numpy as np
@@ -87,6 +88,17 @@ class MdcathConfig:
 
     def retry_policy(self) -> RetryPolicy:
         return RetryPolicy(**{f.name: getattr(self, f.name) for f in fields(RetryPolicy)})
+
+
+# The keys of the section each part of `prepare-mdcath` reads, and so its jobs' params: listing another domain or
+# temperature changes neither, so Snakemake never re-downloads or re-converts a domain already done. The domain and
+# the temperature come on the command line.
+PART_KEYS = {"download": ("base_url", *(f.name for f in fields(RetryPolicy))), "convert": ("replicas",)}
+
+
+def part_section(section: Mapping[str, Any], part: str) -> dict[str, Any]:
+    """The keys of the `mdcath` section that `prepare-mdcath {part}` reads (those present)."""
+    return {k: section[k] for k in PART_KEYS[part] if k in section}
 
 
 def domain_file(domain: str) -> str:
@@ -171,13 +183,14 @@ def prepare_temperature(h5_path: Path, domain: str, temperature: int, replicas: 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m starmd prepare-mdcath", description=__doc__.split("\n")[0])
-    parser.add_argument("part", choices=("download", "convert"),
+    parser.add_argument("part", choices=tuple(PART_KEYS),
                         help="download (and verify) the domain file, or convert it to the raw layout")
     parser.add_argument("--domain", required=True, help="CATH domain, e.g. 1a02F00")
     parser.add_argument("--h5-dir", required=True, type=Path, help="where mdcath_dataset_{domain}.h5 is kept")
     parser.add_argument("--out-root", type=Path, help="convert: receives {domain}_{T}/ per temperature")
     parser.add_argument("--temperature", type=int, help="convert: only this temperature (default: the config's)")
-    parser.add_argument("--config-json", default="{}", help="JSON of the `mdcath` config section")
+    parser.add_argument("--config-json", default="{}",
+                        help="JSON of the `mdcath` config section (the workflow passes only the keys this part reads)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     cfg = MdcathConfig.from_json(args.config_json)
