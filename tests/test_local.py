@@ -4,7 +4,6 @@ with waters and ions removed, a molecule split across the periodic boundary made
 from __future__ import annotations
 
 import csv
-import io
 import json
 from pathlib import Path
 
@@ -28,21 +27,12 @@ def solvated_md(tmp_path_factory) -> dict[str, Path]:
     reporter, and as Amber NetCDF and TRR by mdtraj; plus the solvated PDB topology (waters and ions included)."""
     import openmm
     from openmm import app, unit
-    from PeptideBuilder import PeptideBuilder
-    from Bio.PDB import PDBIO
-    from pdbfixer import PDBFixer
+
+    from starmd.data.demo import build_start_structure
 
     root = tmp_path_factory.mktemp("local_md")
-    structure = PeptideBuilder.make_structure(SEQUENCE, [-57.0] * 5, [-47.0] * 5)
-    PeptideBuilder.add_terminal_OXT(structure)
-    buf = io.StringIO()
-    writer = PDBIO()
-    writer.set_structure(structure)
-    writer.save(buf)
-    fixer = PDBFixer(pdbfile=io.StringIO(buf.getvalue()))
     ff = app.ForceField("amber14-all.xml", "amber14/tip3p.xml")
-    modeller = app.Modeller(fixer.topology, fixer.positions)
-    modeller.addHydrogens(ff)
+    modeller = app.Modeller(*build_start_structure(SEQUENCE, -57.0, -47.0, 7.0, ff, seed=7))
     modeller.addSolvent(ff, padding=0.5 * unit.nanometer, ionicStrength=0.15 * unit.molar)
     system = ff.createSystem(modeller.topology, nonbondedMethod=app.PME, nonbondedCutoff=0.8 * unit.nanometer,
                              constraints=app.HBonds)
