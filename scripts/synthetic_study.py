@@ -71,18 +71,23 @@ def _run(cmd: list[str], log: Path, threads: int) -> None:
         subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, check=True, cwd=ROOT)
 
 
+def train_dir(out_root: Path, variant: dict) -> Path:
+    """The run directory holding the variant's checkpoint: its own, or that of the variant it reuses."""
+    return out_root / variant.get("checkpoint_of", variant["name"])
+
+
 def run_variant(base: dict, variant: dict, out_root: Path, threads: int) -> Path:
     """Train (unless reusing a checkpoint), roll out and evaluate one variant; returns its evaluation JSON."""
     cfg = variant_config(base, variant)
     name = cfg["synthetic"]["name"]
     vdir = out_root / variant["name"]
     frames, features = f"data/frames/{name}.h5", f"data/features/{cfg['features']['featurizer']}/{name}.h5"
-    train_dir = out_root / variant.get("checkpoint_of", variant["name"])
-    ckpt = train_dir / "checkpoints" / "final.pt"
+    trained = train_dir(out_root, variant)
+    ckpt = trained / "checkpoints" / "final.pt"
     py = sys.executable
     if "checkpoint_of" not in variant and not ckpt.exists():
         section = json.dumps({k: cfg[k] for k in ("training", "model", "diffusion")}, sort_keys=True)
-        _run([py, "-m", "starmd", "train", "--frames", frames, "--features", features, "--run-dir", str(train_dir),
+        _run([py, "-m", "starmd", "train", "--frames", frames, "--features", features, "--run-dir", str(trained),
               "--config-json", section], vdir / "train.log", threads)
     rollout = vdir / "rollouts" / f"{name}.h5"
     if not rollout.exists():
@@ -183,7 +188,7 @@ def cmd_ideal(args: argparse.Namespace) -> int:
     from starmd.evaluation.ideal import contextual_noise_A, ideal_scores
     from starmd.evaluation.truth import load_truth
 
-    base, _ = load_spec(args.spec)
+    base, variants = load_spec(args.spec)
     grid = yaml.safe_load(args.spec.read_text())["ideal"]
     truth = load_truth(ROOT / "data/raw/synthetic" / base["synthetic"]["name"] / "truth.json")
     r3 = R3Diffuser(**base["diffusion"]["r3"])
@@ -196,7 +201,7 @@ def cmd_ideal(args: argparse.Namespace) -> int:
             rows.append({"tau": tau, "noise_A": noise, "window": window, **ideal_scores(truth, noise, window, **size)})
     trained = [{"variant": r["variant"], "tau": variant_config(base, v)["rollout"]["tau"],
                 "acf_error_exact": r["acf_error_exact"]}
-               for r, v in zip(collect(args.spec, ROOT / args.out_root), load_spec(args.spec)[1]) if "missing" not in r]
+               for r, v in zip(collect(args.spec, ROOT / args.out_root), variants) if "missing" not in r]
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"size": size, "grid": grid, "ideal": rows, "trained": trained}
     (args.out / "ideal.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
@@ -228,6 +233,7 @@ def cmd_ideal(args: argparse.Namespace) -> int:
 
 def onestep_scores(variant: dict, base: dict, truth: dict, out_root: Path, grid: dict) -> dict[str, Any]:
     """One variant's next-frame law after `grid["history"]` clean MD frames, per slow mode, vs the ideal's."""
+    import h5py
     import numpy as np
     import torch
 
@@ -242,14 +248,12 @@ def onestep_scores(variant: dict, base: dict, truth: dict, out_root: Path, grid:
 
     config = variant_config(base, variant)
     name = config["synthetic"]["name"]
-    ckpt = out_root / variant.get("checkpoint_of", variant["name"]) / "checkpoints" / "final.pt"
+    ckpt = train_dir(out_root, variant) / "checkpoints" / "final.pt"
     features = load_features(ROOT / f"data/features/{config['features']['featurizer']}/{name}.h5")
     model, ckpt_config, _ = load_model(ckpt, features)
     diffuser = build_diffuser(ckpt_config)
     cfg = RolloutConfig.from_dict(config["rollout"])
     h, m, s = grid["history"], grid["windows"], grid["samples"]
-    import h5py
-
     with h5py.File(ROOT / f"data/frames/{name}.h5") as f:
         group = f["replicas"][grid["replica"]]
         starts = np.random.default_rng(grid["seed"]).choice(len(group["translations"]) - h - 1, m, replace=False)
@@ -304,7 +308,7 @@ def cmd_onestep(args: argparse.Namespace) -> int:
     truth = load_truth(ROOT / "data/raw/synthetic" / base["synthetic"]["name"] / "truth.json")
     out_root = ROOT / args.out_root
     rows = [onestep_scores(v, base, truth, out_root, grid) for v in variants
-            if (out_root / v.get("checkpoint_of", v["name"]) / "checkpoints" / "final.pt").exists()]
+            if (train_dir(out_root, v) / "checkpoints" / "final.pt").exists()]
     args.out.mkdir(parents=True, exist_ok=True)
     floor = 1 / grid["samples"] ** 0.5
     (args.out / "onestep.json").write_text(json.dumps({"grid": grid, "sampling_floor": floor, "rows": rows},
