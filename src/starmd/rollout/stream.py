@@ -139,7 +139,7 @@ class RolloutStream:
                 for lo in range(0, frames, self.every):
                     hi = min(lo + self.every, frames)
                     xyz = backbone_xyz_nm(h5["rotations"][k, lo:hi], h5["translations"][k, lo:hi], self.aatype)
-                    xtc.write(xyz, time=h5["time_ps"][lo:hi])
+                    xtc.write(xyz, time=h5["time_ps"][lo:hi], step=np.arange(lo, hi))
         with h5py.File(self.dir / "context.h5", "a") as ctx:
             for key in _FRAME_DATASETS:
                 ctx[key].resize(frames, axis=1)
@@ -172,7 +172,8 @@ class RolloutStream:
             h5.attrs["n_frames_written"] = hi
         xyz = backbone_xyz_nm(rots.double().numpy(), trans.double().numpy(), self.aatype)  # [S, k, 4N, 3]
         for sample, xtc in enumerate(self.xtcs):
-            xtc.write(xyz[sample], time=times)
+            # explicit steps: mdtraj numbers each write call from 0, so chunking would show in the file's bytes
+            xtc.write(xyz[sample], time=times, step=np.arange(lo, hi))
         with h5py.File(self.dir / "context.h5", "a") as ctx:
             for key, value in (("rotations", [g.entered.rots for g in gens]),
                                ("translations", [g.entered.trans for g in gens])):
