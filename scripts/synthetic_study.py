@@ -5,8 +5,8 @@
     python scripts/synthetic_study.py ideal --spec docs/study/synthetic_study.yaml --out docs/study/
     python scripts/synthetic_study.py onestep --spec docs/study/synthetic_study.yaml --out docs/study/
 
-`run` needs the synthetic data (`snakemake --cores all --configfile config.synthetic.yaml data/frames/enm1_A.h5
-data/features/offline/enm1_A.h5`) and trains, rolls out and evaluates each variant through the same
+`run` needs the synthetic data (`snakemake --cores all data/frames/enm1_A.h5 data/features/offline/enm1_A.h5
+--configfile config.synthetic.yaml`; targets before --configfile, which takes every path after it) and trains, rolls out and evaluates each variant through the same
 `python -m starmd <step>` commands the rules use, with the variant's overrides deep-merged over config.yaml +
 config.synthetic.yaml; a variant with `checkpoint_of: <variant>` only changes the rollout and reuses that
 variant's checkpoint. Finished outputs are kept, so a rerun only does what is missing. `table` writes
