@@ -1,7 +1,7 @@
 """GPU figures (run where CUDA is present; not part of `snakemake bench`): the paper-scale singles KV cache at N=500,
 L=400 filled for real by StarMD.append under bf16 autocast and checked against the formula, a real per-frame pair
-cache on the GPU up to a memory budget, rollout speed (200 and 20 reverse steps) and per-frame time vs L, and bf16
-training-step throughput and peak memory vs L. Random-init models (speed and memory do not depend on the weights).
+cache on the GPU up to a memory budget, rollout speed (200 and 20 reverse steps, eager and rollout.compile) and
+per-frame time vs L, and bf16 training-step throughput and peak memory vs L. Random-init models (speed and memory do not depend on the weights).
 
 The JSON is rewritten after every section, so a run cut short still reports what it measured.
 """
@@ -94,11 +94,14 @@ def speed_section(dev: torch.device, n_res_list: list[int], steps_list: list[int
             common = dict(model_kwargs=kwargs, feature_dims=FEATURES, n_res=n_res, seed=seed,
                           threads=torch.get_num_threads(), device=dev.type, bf16=True)
             timed_rollout(n_frames=1, steps=1, **common)  # warm-up (kernels, allocator)
-            for steps in steps_list:
-                run = timed_rollout(n_frames=n_frames, steps=steps, **common)
-                per_frame = sum(run["frame_s"]) / len(run["frame_s"])
-                rows.append({"scale": scale, "n_res": n_res, "steps": steps, "s_per_frame": per_frame,
-                             "ns_per_day_at_100ps": 0.1 / per_frame * _S_PER_DAY})
+            for compiled in (False, True):  # eager vs rollout.compile (CUDA graphs), side by side
+                for steps in steps_list:
+                    run = timed_rollout(n_frames=n_frames, steps=steps, compiled=compiled, **common)
+                    # a compiled run's first frames include its compilations: time the frames after them
+                    frames = run["frame_s"][2:] if compiled else run["frame_s"]
+                    per_frame = sum(frames) / len(frames)
+                    rows.append({"scale": scale, "n_res": n_res, "steps": steps, "compiled": compiled,
+                                 "s_per_frame": per_frame, "ns_per_day_at_100ps": 0.1 / per_frame * _S_PER_DAY})
     return rows
 
 
@@ -152,7 +155,8 @@ def plot(doc: dict, path: Path) -> None:
                     title=f"paper model, N={ctx['n_res']}, {ctx['steps']} steps/frame")
     speed = doc.get("speed")
     if speed:
-        labels = [f"{r['scale'].removesuffix('_model')} N={r['n_res']} {r['steps']}st" for r in speed]
+        labels = [f"{r['scale'].removesuffix('_model')} N={r['n_res']} {r['steps']}st"
+                  + (" compiled" if r.get("compiled") else "") for r in speed]
         axes[2].bar(range(len(speed)), [r["ns_per_day_at_100ps"] for r in speed])
         axes[2].set_xticks(range(len(speed)), labels, rotation=90, fontsize=6)
         axes[2].set(yscale="log", ylabel="ns/day (100 ps frames)", title="rollout speed")
@@ -185,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     sections = [
         ("kv", lambda: kv_section(dev, args.n_res, args.n_frames, sorted({10, 50, 200, args.n_frames}),
                                   args.pair_budget_gb * 1e9, args.seed)),
-        ("speed", lambda: speed_section(dev, args.speed_n_res, args.speed_steps, 2, args.seed)),
+        ("speed", lambda: speed_section(dev, args.speed_n_res, args.speed_steps, 4, args.seed)),
         ("context", lambda: context_section(dev, args.n_res, args.n_frames, 2, args.seed)),
         ("training", lambda: training_section(dev, args.train_n_res, args.train_n_frames, args.seed)),
     ]

@@ -38,13 +38,13 @@ def peak_rss(out: dict) -> Iterator[None]:
 # --- rollout -----------------------------------------------------------------------------------------------------
 def timed_rollout(model_kwargs: dict, feature_dims: dict, n_res: int, n_frames: int, steps: int, seed: int,
                   threads: int, delta_t_ps: float = 100.0, use_cache: bool = True, device: str = "cpu",
-                  start_frames: Rigid | None = None, bf16: bool = False) -> dict:
+                  start_frames: Rigid | None = None, bf16: bool = False, compiled: bool = False) -> dict:
     """A real autoregressive rollout (starmd.rollout.sampler) of a random-init model on a synthetic protein.
 
     Returns per-frame wall times (s; frame l's time covers its `steps` denoising evaluations and the cache append of
     the frame before it), the peak singles-cache bytes and the process's peak resident memory during the rollout.
     start_frames: Rigid [N] (Angstrom) to start from, else an ideal helix. bf16 autocasts the network on CUDA, as
-    `rollout.bf16` does.
+    `rollout.bf16` does; compiled runs the rollout.compile path (its compilation falls in the first frames' times).
     """
     if start_frames is not None and start_frames.shape != (n_res,):
         raise ValueError(f"start_frames must be Rigid [N] = ({n_res},), got {tuple(start_frames.shape)}")
@@ -57,10 +57,10 @@ def timed_rollout(model_kwargs: dict, feature_dims: dict, n_res: int, n_frames: 
     cfg = RolloutConfig(n_frames=n_frames, delta_t_ps=delta_t_ps, n_samples=1, steps=steps, seed=seed,
                         progress_bar=False, device=device)
     diffuser = SE3Diffuser()
-    out: dict = {"n_res": n_res, "n_frames": n_frames, "steps": steps, "kv_cache": use_cache}
+    out: dict = {"n_res": n_res, "n_frames": n_frames, "steps": steps, "kv_cache": use_cache, "compiled": compiled}
     frame_s = []
     with torch.no_grad(), peak_rss(out):
-        context = make_context(model, single, pair, 1, delta_t_ps, None, use_cache)
+        context = make_context(model, single, pair, 1, delta_t_ps, None, use_cache, compiled, n_frames + 1)
         generator = torch.Generator(device=dev).manual_seed(seed)
         _sync(dev)
         tic = time.perf_counter()

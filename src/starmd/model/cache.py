@@ -5,13 +5,19 @@ Memory is 2 x n_blocks x B x N x L x (n_heads * c_hidden) x dtype bytes: O(N L d
 per-frame pair states been cached. The static (frozen) features are projected once and held here too, but they do
 not grow with L and are reported separately (`static_nbytes`); so are the last appended frame (the next target's
 anchor, O(N)) and the held frames' times (O(L), for the relative-time bias).
+
+`StaticKVCache` holds the same in preallocated slots so that every step sees tensors of the same shapes, which is
+what torch.compile and CUDA graphs need (`rollout.compile`).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from starmd.geometry import Rigid
+from starmd.model.attention import residue_attention_mask
 
 
 def kv_cache_nbytes(n_blocks: int, n_heads: int, c_hidden: int, n_res: int, n_frames: int, batch: int = 1,
@@ -53,6 +59,7 @@ class KVCache:
         self.frames_seen = 0  # frames ever appended (>= n_frames when a window drops old ones)
         self.last_frame: Rigid | None = None  # [B, N]: the latest appended (re-noised) frame, the next target's anchor
         self.frame_times: torch.Tensor | None = None  # [B, L_held] physical times of the held frames (ps)
+        self._mask: torch.Tensor | None = None  # attention mask for the held frames, built once per push
 
     @property
     def n_res(self) -> int:
@@ -67,9 +74,20 @@ class KVCache:
         """(keys, values) of block i, each [B, H, L_held * N, C], or None while empty."""
         return None if self.keys[i] is None else (self.keys[i], self.values[i])
 
-    def key_mask(self) -> torch.Tensor:
-        """Residue mask of the held key tokens [B, L_held * N] (frame-major)."""
-        return self.res_mask.repeat(1, self.n_frames)
+    def past_kv(self) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
+        """Per block the held (keys, values), each [B, H, L_held * N, C], or None while empty."""
+        return [self.layer(i) for i in range(len(self.keys))]
+
+    def attention_mask(self) -> torch.Tensor | None:
+        """Mask [B, 1, N, L_held N + N] (True = may attend) of a query frame over the held tokens and its own, or
+        None when nothing is padded (every token visible: SDPA keeps its fused kernels). Built once per push."""
+        if not self.masked:
+            return None
+        if self._mask is None:
+            key_valid = torch.cat([self.res_mask.repeat(1, self.n_frames), self.res_mask], dim=1)  # [B, T]
+            allowed = torch.ones(self.n_res, key_valid.shape[1], dtype=torch.bool, device=key_valid.device)
+            self._mask = residue_attention_mask(allowed, self.res_mask, key_valid)
+        return self._mask
 
     def push(self, kvs: list[tuple[torch.Tensor, torch.Tensor]], frame: Rigid, frame_time_ps: torch.Tensor) -> None:
         """Append one frame's per-block (keys, values) [B, H, N, C], the frame itself (Rigid [B, N]) and its time
@@ -85,6 +103,7 @@ class KVCache:
         self.frame_times = times if self.window is None else times[:, -self.window:].clone()  # own exact storage
         self.last_frame = frame.detach()
         self.frames_seen += 1
+        self._mask = None
 
     @staticmethod
     def _grow(held: torch.Tensor | None, new: torch.Tensor, keep: int | None) -> torch.Tensor:
@@ -98,6 +117,113 @@ class KVCache:
     def nbytes(self) -> int:
         """Bytes allocated for the cached keys/values (sum of their storages)."""
         return sum(t.untyped_storage().nbytes() for t in self.keys + self.values if t is not None)
+
+    def static_nbytes(self) -> int:
+        """Bytes of the once-per-protein projected singles and pair (constant in L)."""
+        return sum(t.untyped_storage().nbytes() for t in (self.static_single, self.static_pair))
+
+
+class StaticKVCache:
+    """The KVCache contract in preallocated frame slots: keys/values [B, H, S N, C] per block, the slots' frame times
+    [B, S] and a key mask [B, 1, 1, S N + N] marking filled slots (and the query frame's own real residues).
+
+    Every step sees the same shapes until the slots grow, so a compiled step is captured once per slot count. With a
+    window K the slots are a ring of K frames (attention does not depend on key order, so a frame overwrites the
+    oldest); without one they start at `first_slots` and double when full, up to `max_frames`: a rollout of F frames
+    shows about log2(F / first_slots) shapes and attends over at most twice the held frames (empty slots are masked:
+    exactly zero weight). Slot buffers are allocated at the first push, in the dtype of the keys (bf16 under
+    autocast); until then the cache holds zero slots, still as tensors, so a compiled call never sees None.
+    """
+
+    def __init__(self, static_single: torch.Tensor, static_pair: torch.Tensor, res_mask: torch.Tensor,
+                 delta_t_ps: torch.Tensor, n_blocks: int, n_heads: int, c_hidden: int, window: int | None,
+                 max_frames: int, first_slots: int = 8) -> None:
+        if window is not None and window < 1:
+            raise ValueError(f"StaticKVCache window must be a positive number of frames or None, got {window}")
+        if max_frames < 1:
+            raise ValueError(f"StaticKVCache max_frames must be >= 1, got {max_frames}")
+        self.static_single, self.static_pair, self.res_mask = static_single, static_pair, res_mask
+        self.delta_t_ps, self.window, self.n_blocks = delta_t_ps, window, n_blocks
+        self.max_slots = min(window, max_frames) if window is not None else max_frames
+        self.first_slots = min(first_slots, self.max_slots) if window is None else self.max_slots
+        b = res_mask.shape[0]
+        empty = static_single.new_zeros(b, n_heads, 0, c_hidden)
+        self.keys: list[torch.Tensor] = [empty] * n_blocks  # each [B, H, S N, C]
+        self.values: list[torch.Tensor] = [empty] * n_blocks
+        self.frame_times = delta_t_ps.new_zeros(b, 0)  # [B, S] (empty slots: 0, masked)
+        self.slot_valid = torch.zeros(b, 0, dtype=torch.bool, device=res_mask.device)  # [B, S N] filled, real
+        self._mask: torch.Tensor | None = None
+        self.frames_seen = 0
+        self.last_frame: Rigid | None = None
+
+    @property
+    def n_res(self) -> int:
+        return self.res_mask.shape[1]
+
+    @property
+    def n_slots(self) -> int:
+        return self.frame_times.shape[1]
+
+    @property
+    def n_frames(self) -> int:
+        """Frames currently held."""
+        return min(self.frames_seen, self.n_slots)
+
+    def shape_count(self) -> int:
+        """How many distinct slot counts this cache can show (zero included): what a compiled step is captured for."""
+        return 2 + max(0, math.ceil(math.log2(self.max_slots / self.first_slots)))
+
+    def past_kv(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per block (keys, values) of every slot."""
+        return list(zip(self.keys, self.values))
+
+    def attention_mask(self) -> torch.Tensor:
+        """[B, 1, 1, S N + N] bool: filled slots' real residues, then the query frame's real residues (a padded query
+        sees real keys only; its output is discarded)."""
+        if self._mask is None:
+            self._mask = torch.cat([self.slot_valid, self.res_mask.bool()], dim=1)[:, None, None, :]
+        return self._mask
+
+    def push(self, kvs: list[tuple[torch.Tensor, torch.Tensor]], frame: Rigid, frame_time_ps: torch.Tensor) -> None:
+        """Write one frame's per-block (keys, values) [B, H, N, C], frame (Rigid [B, N]) and time [B] into its slot:
+        the next free one (doubling the slots when full) or, with a window, the oldest."""
+        if len(kvs) != self.n_blocks:
+            raise ValueError(f"StaticKVCache holds {self.n_blocks} blocks, got keys/values for {len(kvs)}")
+        if self.window is None and self.frames_seen >= self.max_slots:
+            raise ValueError(f"StaticKVCache is full: max_frames = {self.max_slots} frames already held")
+        if self.n_slots == 0:
+            self._allocate(kvs, self.first_slots)
+        elif self.window is None and self.frames_seen == self.n_slots:
+            self._allocate(kvs, min(2 * self.n_slots, self.max_slots))
+        slot = self.frames_seen % self.n_slots
+        n = self.n_res
+        for held, new in zip(self.keys + self.values, [k for k, _ in kvs] + [v for _, v in kvs]):
+            held[:, :, slot * n:(slot + 1) * n].copy_(new)
+        self.frame_times[:, slot] = frame_time_ps
+        self.slot_valid[:, slot * n:(slot + 1) * n] = self.res_mask.bool()
+        self._mask = None
+        self.last_frame = frame.detach()
+        self.frames_seen += 1
+
+    def _allocate(self, kvs: list[tuple[torch.Tensor, torch.Tensor]], slots: int) -> None:
+        """(Re)allocate `slots` frame slots, keeping what is held in the first slots."""
+        k0 = kvs[0][0]
+        b, h, n, c = k0.shape
+        old = (self.keys + self.values, self.frame_times, self.slot_valid, self.n_slots)
+        self.keys = [k0.new_zeros(b, h, slots * n, c) for _ in kvs]
+        self.values = [k0.new_zeros(b, h, slots * n, c) for _ in kvs]
+        self.frame_times = self.delta_t_ps.new_zeros(b, slots)
+        self.slot_valid = torch.zeros(b, slots * n, dtype=torch.bool, device=k0.device)
+        held_bufs, times, valid, held = old
+        if held:
+            for new, prev in zip(self.keys + self.values, held_bufs):
+                new[:, :, :held * n].copy_(prev)
+            self.frame_times[:, :held] = times
+            self.slot_valid[:, :held * n] = valid
+
+    def nbytes(self) -> int:
+        """Bytes allocated for the key/value slots (sum of their storages; filled or not)."""
+        return sum(t.untyped_storage().nbytes() for t in self.keys + self.values)
 
     def static_nbytes(self) -> int:
         """Bytes of the once-per-protein projected singles and pair (constant in L)."""

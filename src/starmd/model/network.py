@@ -21,16 +21,16 @@ conformations across frames. A context frame's rigids still start from itself.
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from starmd.geometry import Rigid
-from starmd.model.attention import BlockCausalLayout, relative_time_features, residue_attention_mask
+from starmd.model.attention import BlockCausalLayout, relative_time_features
 from starmd.model.blocks import DiffusionBlock
-from starmd.model.cache import KVCache
+from starmd.model.cache import KVCache, StaticKVCache
 from starmd.model.frame_encoder import FrameEncoder
 from starmd.model.primitives import Linear
 
@@ -91,23 +91,24 @@ class StarMD(nn.Module):
 
     def _denoise(self, s0: torch.Tensor, z0: torch.Tensor, frames: Rigid, anchors: Rigid, starts: Rigid,
                  t: torch.Tensor, frame_time_ps: torch.Tensor, delta_t_ps: torch.Tensor, res_mask: torch.Tensor,
-                 attn_mask: torch.Tensor | BlockCausalLayout | None, past: KVCache | None
+                 attn_mask: torch.Tensor | BlockCausalLayout | None,
+                 past_kv: list[tuple[torch.Tensor, torch.Tensor] | None] | None = None,
+                 past_times: torch.Tensor | None = None
                  ) -> tuple[Rigid, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
         """F frames through the trunk. frames, anchors (pose features) and starts (the rigids updates compose onto)
-        Rigid [B, F, N] (A), t / frame_time_ps [B, F], attn_mask [B, 1, F N, T_past + F N] (None: all visible) or the
-        training BlockCausalLayout. Returns x0 prediction Rigid [B, F, N] (A), singles [B, F, N, c_s] and the
-        per-block S x T keys/values [B, H, F N, C]."""
-        _check_times(t, frame_time_ps, delta_t_ps)
+        Rigid [B, F, N] (A), t / frame_time_ps [B, F], attn_mask [B, 1, F N or 1, T_past + F N] (None: all visible)
+        or the training BlockCausalLayout; past_kv: per block the held keys/values [B, H, T_past, C] (or None), and
+        past_times [B, F_past] their frames' times. Returns x0 prediction Rigid [B, F, N] (A), singles
+        [B, F, N, c_s] and the per-block S x T keys/values [B, H, F N, C]."""
         s, z = self.frame_encoder(s0, z0, frames, anchors, t, frame_time_ps, delta_t_ps, res_mask)
         time_feats = None
         if self.c_relative_time:
-            key_times = frame_time_ps if past is None or past.frame_times is None else \
-                torch.cat([past.frame_times, frame_time_ps], dim=1)  # [B, F_past + F]
+            key_times = frame_time_ps if past_times is None else torch.cat([past_times, frame_time_ps], dim=1)
             time_feats = relative_time_features(frame_time_ps, key_times, delta_t_ps, self.c_relative_time)
         rigids = starts.scale_translation(_NM_PER_ANGSTROM)
         kvs = []
         for i, block in enumerate(self.blocks):
-            args = (s, z, rigids, res_mask, attn_mask, None if past is None else past.layer(i), time_feats)
+            args = (s, z, rigids, res_mask, attn_mask, None if past_kv is None else past_kv[i], time_feats)
             if self.activation_checkpointing and torch.is_grad_enabled():
                 s, z, rigids, kv = checkpoint(block, *args, use_reentrant=False)
             else:
@@ -140,6 +141,7 @@ class StarMD(nn.Module):
         if frame_time_ps.shape != (b, n_frames) or delta_t_ps.shape != (b,) or res_mask.shape != (b, n):
             raise ValueError(f"expected frame_time_ps [B, L] = {(b, n_frames)}, delta_t_ps [B], res_mask [B, N]; got "
                              f"{tuple(frame_time_ps.shape)}, {tuple(delta_t_ps.shape)}, {tuple(res_mask.shape)}")
+        _check_times(torch.cat([ctx_t, tgt_t], dim=1), frame_time_ps, delta_t_ps)
         s0, z0 = self._embed_static(single, pair, res_mask)
         layout = BlockCausalLayout(n_frames, n, res_mask.bool(), window)  # block-causal S x T, no token mask
         previous_ctx = Rigid.cat([ctx[:, :1], ctx[:, :-1]], dim=1)  # frame l-1 of context l (frame 0: itself)
@@ -147,18 +149,21 @@ class StarMD(nn.Module):
         ctx_anchor = previous_ctx if self.context_motion else ctx
         pred, s, _ = self._denoise(s0, z0, Rigid.cat([ctx, tgt], dim=1), Rigid.cat([ctx_anchor, tgt_anchor], dim=1),
                                    Rigid.cat([ctx, tgt_anchor], dim=1), torch.cat([ctx_t, tgt_t], dim=1),
-                                   frame_time_ps.repeat(1, 2), delta_t_ps, res_mask, layout, past=None)
+                                   frame_time_ps.repeat(1, 2), delta_t_ps, res_mask, layout)
         return {"pred_rigids": pred[:, n_frames:], "single": s[:, n_frames:]}
 
     # --- inference ----------------------------------------------------------------------------------------------
     def init_cache(self, single: torch.Tensor, pair: torch.Tensor, res_mask: torch.Tensor,
-                   delta_t_ps: torch.Tensor, window: int | None = None) -> KVCache:
+                   delta_t_ps: torch.Tensor, window: int | None = None, max_frames: int | None = None
+                   ) -> KVCache | StaticKVCache:
         """Empty cache for B trajectories of one protein: projects the frozen features once.
 
         single [B, N, c_s_in], pair [B, N, N, c_z_in] (an expanded view of one protein's features is fine),
         res_mask [B, N], delta_t_ps [B] (the rollout stride), window = K most recent frames or None (all).
         Features expanded from one protein (batch stride 0) are projected once and shared by the B samples: the
-        projected pair [N, N, c_z] would otherwise be held B times.
+        projected pair [N, N, c_z] would otherwise be held B times. With max_frames (the most frames the rollout
+        will hold) the cache is a StaticKVCache: preallocated slots, the same tensor shapes at every step, for
+        `compile_frame_pass`.
         """
         b = res_mask.shape[0]
         if single.stride(0) == 0 and pair.stride(0) == 0:  # one protein's features expanded over the samples
@@ -168,47 +173,75 @@ class StarMD(nn.Module):
             s0, z0 = self._embed_static(single, pair, res_mask)
         if delta_t_ps.shape != (res_mask.shape[0],):
             raise ValueError(f"delta_t_ps must be [B] = ({res_mask.shape[0]},), got {tuple(delta_t_ps.shape)}")
+        if max_frames is not None:
+            attention = self.blocks[0].st_attention
+            return StaticKVCache(s0, z0, res_mask, delta_t_ps, self.n_blocks, attention.n_heads, attention.c_hidden,
+                                 window, max_frames)
         return KVCache(s0, z0, res_mask, delta_t_ps, self.n_blocks, window)
 
-    def _single_frame(self, cache: KVCache, frame: Rigid, anchor: Rigid, start: Rigid, t: torch.Tensor,
-                      frame_time_ps: torch.Tensor) -> tuple[Rigid, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
-        """One frame Rigid [B, N], seen from `anchor` and updated from `start` (each [B, N]), attending to every held
-        frame and to itself."""
+    def frame_pass(self, s0: torch.Tensor, z0: torch.Tensor, frame: Rigid, anchor: Rigid, start: Rigid,
+                   t: torch.Tensor, frame_time_ps: torch.Tensor, delta_t_ps: torch.Tensor, res_mask: torch.Tensor,
+                   attn_mask: torch.Tensor | None, past_kv: list[tuple[torch.Tensor, torch.Tensor] | None] | None,
+                   past_times: torch.Tensor | None) -> tuple[Rigid, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """One frame Rigid [B, N], seen from `anchor` and updated from `start`, through the trunk against held keys
+        and values (`cache.past_kv()`). A function of its tensor arguments only, with no data-dependent branch, so
+        torch.compile can capture it whole (`compile_frame_pass`). Returns x0 prediction Rigid [B, N] (A), singles
+        [B, N, c_s] and the frame's per-block keys/values [B, H, N, C]."""
+        pred, s, kvs = self._denoise(s0, z0, frame.unsqueeze(1), anchor.unsqueeze(1), start.unsqueeze(1), t[:, None],
+                                     frame_time_ps[:, None], delta_t_ps, res_mask, attn_mask, past_kv, past_times)
+        return pred[:, 0], s[:, 0], kvs
+
+    def compile_frame_pass(self, device: torch.device, max_shapes: int) -> Callable[..., Any]:
+        """`frame_pass` through torch.compile: on CUDA with mode "reduce-overhead" (the step is captured as a CUDA
+        graph and replayed, removing the per-kernel launch cost that bounds paper-scale rollouts), elsewhere the
+        default mode (fused CPU kernels). Static shapes; `max_shapes` (how many the cache will show) lifts dynamo's
+        recompile limit so no shape falls back to eager."""
+        import torch._dynamo
+
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, max_shapes)
+        mode = "reduce-overhead" if device.type == "cuda" else "default"
+        return torch.compile(self.frame_pass, mode=mode, dynamic=False, fullgraph=True)
+
+    def _single_frame(self, cache: KVCache | StaticKVCache, frame: Rigid, anchor: Rigid, start: Rigid,
+                      t: torch.Tensor, frame_time_ps: torch.Tensor, frame_pass: Callable[..., Any] | None
+                      ) -> tuple[Rigid, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """One frame Rigid [B, N] against every held frame and itself, through `frame_pass` (eager unless a
+        compiled one is given; the eager path also checks the times, which a compiled one cannot without a sync)."""
         b, n = cache.res_mask.shape
         if frame.shape != (b, n) or t.shape != (b,) or frame_time_ps.shape != (b,):
             raise ValueError(f"expected frame Rigid [B, N] = {(b, n)}, t [B] and frame_time_ps [B]; got "
                              f"{tuple(frame.shape)}, {tuple(t.shape)}, {tuple(frame_time_ps.shape)}")
-        attn_mask = None  # nothing padded: every held token is visible, no mask to build (SDPA's fused kernels)
-        if cache.masked:
-            key_valid = torch.cat([cache.key_mask(), cache.res_mask], dim=1)  # [B, T_past + N]
-            allowed = torch.ones(n, key_valid.shape[1], dtype=torch.bool, device=key_valid.device)
-            attn_mask = residue_attention_mask(allowed, cache.res_mask, key_valid)  # [B, 1, N, T_past + N]
-        pred, s, kvs = self._denoise(cache.static_single, cache.static_pair, frame.unsqueeze(1), anchor.unsqueeze(1),
-                                     start.unsqueeze(1), t[:, None], frame_time_ps[:, None], cache.delta_t_ps,
-                                     cache.res_mask, attn_mask, cache)
-        return pred[:, 0], s[:, 0], kvs
+        if frame_pass is None:
+            _check_times(t, frame_time_ps, cache.delta_t_ps)
+            frame_pass = self.frame_pass
+        return frame_pass(cache.static_single, cache.static_pair, frame, anchor, start, t, frame_time_ps,
+                          cache.delta_t_ps, cache.res_mask, cache.attention_mask(), cache.past_kv(),
+                          cache.frame_times)
 
-    def step(self, cache: KVCache, frame: Rigid, t: torch.Tensor, frame_time_ps: torch.Tensor) -> dict:
+    def step(self, cache: KVCache | StaticKVCache, frame: Rigid, t: torch.Tensor, frame_time_ps: torch.Tensor,
+             frame_pass: Callable[..., Any] | None = None) -> dict:
         """Denoise one noisy frame given the cached context (the cache is not modified).
 
         Args:
-            frame: Rigid [B, N] (A) at diffusion time t [B]; frame_time_ps [B] its physical time.
+            frame: Rigid [B, N] (A) at diffusion time t [B]; frame_time_ps [B] its physical time; frame_pass: a
+            compiled `frame_pass` (None: eager).
         Returns:
             dict(pred_rigids=Rigid [B, N] x0 prediction (A), single=[B, N, c_s]); equal to the full forward's
             target l when the cache holds context frames 0..l-1.
         """
         use_previous = self.target_anchor == "previous" and cache.last_frame is not None
         anchor = cache.last_frame if use_previous else frame
-        pred, s, _ = self._single_frame(cache, frame, anchor, anchor, t, frame_time_ps)
+        pred, s, _ = self._single_frame(cache, frame, anchor, anchor, t, frame_time_ps, frame_pass)
         return {"pred_rigids": pred, "single": s}
 
-    def append(self, cache: KVCache, frame: Rigid, tau: torch.Tensor, frame_time_ps: torch.Tensor) -> None:
+    def append(self, cache: KVCache | StaticKVCache, frame: Rigid, tau: torch.Tensor, frame_time_ps: torch.Tensor,
+               frame_pass: Callable[..., Any] | None = None) -> None:
         """Run the context pass of a finished frame (re-noised to diffusion time tau [B]) and cache its keys/values.
 
         frame: Rigid [B, N] (A); frame_time_ps: [B]. Computes exactly the full forward's context frame.
         """
         seen_from = cache.last_frame if self.context_motion and cache.last_frame is not None else frame
-        _, _, kvs = self._single_frame(cache, frame, seen_from, frame, tau, frame_time_ps)
+        _, _, kvs = self._single_frame(cache, frame, seen_from, frame, tau, frame_time_ps, frame_pass)
         cache.push(kvs, frame, frame_time_ps)
 
 

@@ -25,6 +25,7 @@ class RolloutConfig:
     progress_bar: bool = True
     allow_delta_t_extrapolation: bool = False  # the workflow refuses a delta_t_ps outside the trained range otherwise
     checkpoint_every: int = 10  # frames between saves of the partial outputs (resume state); SIGTERM saves at once
+    compile: bool = False  # torch.compile the per-frame network call over a preallocated KV cache (CUDA graphs on GPU)
 
     # keys that may differ when a partial rollout is resumed (they change no frame)
     RESUMABLE = ("progress_bar", "checkpoint_every", "allow_delta_t_extrapolation")

@@ -27,19 +27,27 @@ class Context(Protocol):
 
 
 class CachedContext:
-    """Context held as the singles K/V cache (O(N L d) memory, one frame of compute per step)."""
+    """Context held as the singles K/V cache (O(N L d) memory, one frame of compute per step).
+
+    With `compiled` the cache is a StaticKVCache sized for `max_frames` and every network call goes through the
+    torch.compile'd `frame_pass` (CUDA graphs on a GPU): the rollout.compile fast path."""
 
     def __init__(self, model: StarMD, single: torch.Tensor, pair: torch.Tensor, res_mask: torch.Tensor,
-                 delta_t_ps: torch.Tensor, window: int | None) -> None:
+                 delta_t_ps: torch.Tensor, window: int | None, compiled: bool = False,
+                 max_frames: int | None = None) -> None:
+        if compiled and max_frames is None:
+            raise ValueError("a compiled context needs max_frames (the most frames the rollout will hold)")
         self.model = model
-        self.cache = model.init_cache(single, pair, res_mask, delta_t_ps, window)
+        self.cache = model.init_cache(single, pair, res_mask, delta_t_ps, window,
+                                      max_frames if compiled else None)
+        self.frame_pass = model.compile_frame_pass(res_mask.device, self.cache.shape_count()) if compiled else None
         self.peak_nbytes = 0
 
     def denoise(self, frame: Rigid, t: torch.Tensor, frame_time_ps: torch.Tensor) -> Rigid:
-        return self.model.step(self.cache, frame, t, frame_time_ps)["pred_rigids"]
+        return self.model.step(self.cache, frame, t, frame_time_ps, self.frame_pass)["pred_rigids"]
 
     def append(self, frame: Rigid, tau: torch.Tensor, frame_time_ps: torch.Tensor) -> None:
-        self.model.append(self.cache, frame, tau, frame_time_ps)
+        self.model.append(self.cache, frame, tau, frame_time_ps, self.frame_pass)
         self.peak_nbytes = max(self.peak_nbytes, self.cache.nbytes())
 
 

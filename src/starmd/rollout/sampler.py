@@ -47,14 +47,20 @@ def centred(frames: Rigid) -> Rigid:
 
 
 def make_context(model: StarMD, single: torch.Tensor, pair: torch.Tensor, n_samples: int, delta_t_ps: float,
-                 window: int | None, use_cache: bool) -> Context:
-    """Context for n_samples trajectories of one protein (features [N, c_s], [N, N, c_z] shared by expansion)."""
+                 window: int | None, use_cache: bool, compiled: bool = False, max_frames: int | None = None
+                 ) -> Context:
+    """Context for n_samples trajectories of one protein (features [N, c_s], [N, N, c_z] shared by expansion);
+    `compiled` (with max_frames, the most frames it will hold) is the rollout.compile fast path."""
     n = single.shape[0]
     dtype, device = single.dtype, single.device
     args = (single.expand(n_samples, *single.shape), pair.expand(n_samples, *pair.shape),
             torch.ones(n_samples, n, dtype=dtype, device=device),
             torch.full((n_samples,), delta_t_ps, dtype=dtype, device=device), window)
-    return CachedContext(model, *args) if use_cache else RecomputedContext(model, *args)
+    if not use_cache:
+        if compiled:
+            raise ValueError("rollout.compile needs the KV cache (the recomputed context is the eager reference)")
+        return RecomputedContext(model, *args)
+    return CachedContext(model, *args, compiled=compiled, max_frames=max_frames)
 
 
 def denoise_frame(context: Context, diffuser: SE3Diffuser, frame_time_ps: float, shape: tuple[int, int],
@@ -195,7 +201,8 @@ def generate(model: StarMD, diffuser: SE3Diffuser, single: torch.Tensor, pair: t
     first = done = 0 if resume is None else resume.frames_done
     t0 = time.perf_counter()
     with torch.no_grad():
-        context = make_context(model, single, pair, cfg.n_samples, cfg.delta_t_ps, window, use_cache)
+        context = make_context(model, single, pair, cfg.n_samples, cfg.delta_t_ps, window, use_cache, cfg.compile,
+                               cfg.n_frames + 1)
         bar = tqdm(total=cfg.n_frames, initial=first, desc=label, unit="frame", disable=not cfg.progress_bar,
                    file=sys.stderr)
         for generated in iter_frames(context, diffuser, starts, cfg, generator, autocast, resume):
