@@ -71,6 +71,21 @@ def test_committed_cpu_time_calibration_fits_its_points_within_25_percent(kind, 
     assert stored == pytest.approx(coef, rel=1e-6)
 
 
+def test_time_is_scaled_by_model_width_from_the_calibrated_model():
+    """The time constants are measured on one model: at its widths the prediction is the fit itself; a model with
+    a quarter of the pair width does 1/16 of the per-pair work, and the overhead follows the parameter count."""
+    cal = rm.Calibration.load(DEFAULT_CALIBRATION)
+    same = rm.Dims(**{k: cal.dims[k] for k in ("c_s", "c_z", "n_blocks", "n_heads", "c_hidden", "c_s_in", "c_z_in",
+                                               "n_parameters")})
+    assert rm.time_width_factors(same, cal.dims) == [1.0, 1.0, 1.0, 1.0]
+    unscaled = rm.apply(cal.training_time["cpu"], rm.training_time_features(64, 8, 2), rm.TRAINING_TIME_TERMS)
+    assert rm.training_seconds(cal, same, "cpu", 64, 8, 2, 10) == pytest.approx(10 * unscaled)
+    narrow = rm.Dims(**{**same.__dict__, "c_z": same.c_z // 4, "n_parameters": same.n_parameters // 2})
+    assert rm.time_width_factors(narrow, cal.dims) == pytest.approx([0.5, 1.0, 1 / 16, 1.0])
+    assert rm.rollout_seconds(cal, narrow, "cpu", 64, 10, 20, 2, 0) < rm.rollout_seconds(cal, same, "cpu", 64, 10,
+                                                                                          20, 2, 0)
+
+
 def _profile(tmp_path: Path, rollout_mb: int) -> Path:
     path = tmp_path / "profile.yaml"
     path.write_text(f"default-resources:\n  mem_mb: 8000\nset-resources:\n  rollout:\n    mem_mb: {rollout_mb}\n")

@@ -82,7 +82,7 @@ def rollout_predictor(dims: rm.Dims, n_res: int, n_samples: int, n_frames: int, 
 
     def predict(cal: rm.Calibration) -> tuple[int, float | None]:
         return (rm.rollout_peak_bytes(cal, dims, n_res, held, n_samples)["total"],
-                rm.rollout_seconds(cal, device, n_res, n_frames, steps, n_samples, context_window))
+                rm.rollout_seconds(cal, dims, device, n_res, n_frames, steps, n_samples, context_window))
     return predict
 
 
@@ -91,5 +91,5 @@ def training_predictor(dims: rm.Dims, n_res: int, n_frames: int, batch: int, ste
 
     def predict(cal: rm.Calibration) -> tuple[int, float | None]:
         return (rm.training_peak_bytes(cal, dims, n_res, n_frames, batch)["total"],
-                rm.training_seconds(cal, device, n_res, n_frames, batch, steps))
+                rm.training_seconds(cal, dims, device, n_res, n_frames, batch, steps))
     return predict

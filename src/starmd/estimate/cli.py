@@ -27,10 +27,11 @@ def estimate_rows(config: dict, cal: rm.Calibration, device: str) -> list[dict]:
         rows.append({
             "name": name, "n_res": n, "splits": info["splits"],
             "rollout_bytes": rm.rollout_peak_bytes(cal, dims, n, held, ro["n_samples"])["total"],
-            "rollout_s": rm.rollout_seconds(cal, device, n, ro["n_frames"], ro["steps"], ro["n_samples"],
+            "rollout_s": rm.rollout_seconds(cal, dims, device, n, ro["n_frames"], ro["steps"], ro["n_samples"],
                                             ro["context_window"]),
             "train_bytes": rm.training_peak_bytes(cal, dims, n_train, tr["num_frames"], tr["batch_size"])["total"],
-            "train_s": rm.training_seconds(cal, device, n_train, tr["num_frames"], tr["batch_size"], tr["steps"]),
+            "train_s": rm.training_seconds(cal, dims, device, n_train, tr["num_frames"], tr["batch_size"],
+                                           tr["steps"]),
         })
     return rows
 

@@ -128,22 +128,45 @@ def training_peak_bytes(cal: Calibration, dims: Dims, n_res: int, n_frames: int,
     return {**parts, "total": sum(parts.values())}
 
 
-def rollout_seconds(cal: Calibration, device: str, n_res: int, n_frames: int, steps: int, batch: int,
+def time_width_factors(dims: Dims, calibrated: dict) -> list[float]:
+    """Per time term (overhead, per-residue, per-pair, attention; the order of the *_TIME_TERMS), the work of a
+    model of these widths relative to the calibrated one: parameters (the size-independent part: optimizer and EMA
+    updates, weight reads), blocks x c_s^2, blocks x c_z^2, blocks x heads x c_hidden. The time calibration is
+    measured on one model; without this the known-answer config's 0.35M-parameter model was predicted 60x too slow
+    (15.6 h for a ~15 min training). Exactly 1 at the calibrated widths; elsewhere an approximation."""
+    def work(d: dict) -> list[float]:
+        blocks = d["n_blocks"]
+        return [d["n_parameters"], blocks * d["c_s"] ** 2, blocks * d["c_z"] ** 2,
+                blocks * d["n_heads"] * d["c_hidden"]]
+
+    ours = work({"n_parameters": dims.n_parameters, "n_blocks": dims.n_blocks, "c_s": dims.c_s, "c_z": dims.c_z,
+                 "n_heads": dims.n_heads, "c_hidden": dims.c_hidden})
+    return [a / b for a, b in zip(ours, work(calibrated))]
+
+
+def _scaled(coef: dict[str, float], names: tuple[str, ...], factors: list[float]) -> dict[str, float]:
+    return {name: coef[name] * f for name, f in zip(names, factors)}
+
+
+def rollout_seconds(cal: Calibration, dims: Dims, device: str, n_res: int, n_frames: int, steps: int, batch: int,
                     window: int) -> float | None:
     """Wall time of F frames x (steps + 1 cache append) evaluations; the attention term grows with the frames held,
     so it is taken at their mean over the rollout. None when the device has no calibration."""
     coef = cal.rollout_time.get(device)
     if coef is None:
         return None
+    coef = _scaled(coef, ROLLOUT_TIME_TERMS, time_width_factors(dims, cal.dims))
     held = [min(l, window) if window else l for l in range(1, n_frames + 1)]
     per_eval = apply(coef, rollout_time_features(n_res, sum(held) / len(held), batch), ROLLOUT_TIME_TERMS)
     return n_frames * (steps + 1) * per_eval
 
 
-def training_seconds(cal: Calibration, device: str, n_res: int, n_frames: int, batch: int, steps: int) -> float | None:
+def training_seconds(cal: Calibration, dims: Dims, device: str, n_res: int, n_frames: int, batch: int,
+                     steps: int) -> float | None:
     """Wall time of `steps` optimizer steps of one process on windows of this protein; None when uncalibrated."""
     coef = cal.training_time.get(device)
     if coef is None:
         return None
+    coef = _scaled(coef, TRAINING_TIME_TERMS, time_width_factors(dims, cal.dims))
     per_step = apply(coef, training_time_features(n_res, n_frames, batch), TRAINING_TIME_TERMS)
     return steps * per_step
