@@ -175,3 +175,38 @@ def test_streamed_outputs_equal_the_in_memory_rollout(files, reference, tmp_path
         b = md.load(sample_xtc_path(out, k), top=out.with_suffix(".pdb"))
         np.testing.assert_array_equal(a.xyz, b.xyz)
         np.testing.assert_array_equal(a.time, b.time)
+
+
+def test_streaming_memory_does_not_grow_with_the_number_of_frames(files, tmp_path, monkeypatch):  # noqa: F811
+    """With a bounded context (context_window 2), the torch memory a streamed rollout holds after each frame (live
+    storages allocated since it started, counted exactly by starmd.estimate.measure.PeakTensorBytes, read after
+    every frame reaches the sink) is the same after frame 6 and frame 40, up to the <= checkpoint_every frames not
+    yet flushed; the in-memory rollout, which keeps every frame, grows by exactly the frames it keeps."""
+    from starmd.estimate.measure import PeakTensorBytes
+    from starmd.rollout.cli import rollout_protein
+    from starmd.rollout.sampler import MemorySink
+    from starmd.rollout.stream import RolloutStream
+
+    every, n_frames = 3, 40
+    frame_bytes = 2 * 8 * 12 * 4  # 2 samples x 8 residues x (9 + 3) float32
+    cfg = RolloutConfig(**{**CFG, "n_frames": n_frames, "steps": 2, "context_window": 2, "checkpoint_every": every})
+
+    def live_after_each_frame(sink_class: type, run) -> list[int]:
+        live: list[int] = []
+        add = sink_class.add
+        monkeypatch.setattr(sink_class, "add", lambda self, g, gen: (add(self, g, gen), live.append(tracker.current)))
+        with torch.no_grad(), PeakTensorBytes() as tracker:
+            run()
+        monkeypatch.setattr(sink_class, "add", add)
+        assert len(live) == n_frames
+        return live
+
+    streamed = live_after_each_frame(RolloutStream, lambda: rollout_protein(
+        checkpoint=files["checkpoint"], features_path=files["features"], frames_path=files["frames"],
+        out=tmp_path / "villin8.h5", cfg=cfg))
+    assert max(streamed[5:]) - min(streamed[5:]) <= every * frame_bytes, streamed
+    features = load_features(files["features"])
+    model, config, _ = load_model(files["checkpoint"], features)
+    kept = live_after_each_frame(MemorySink, lambda: run_rollout(
+        model, build_diffuser(config), features.single, features.pair, load_start(files["frames"]).frames, cfg))
+    assert kept[-1] - kept[5] >= (n_frames - 6) * frame_bytes, kept  # not vacuous: the tracker sees kept frames
