@@ -307,8 +307,13 @@ def cmd_onestep(args: argparse.Namespace) -> int:
     grid = yaml.safe_load(args.spec.read_text())["onestep"]
     truth = load_truth(ROOT / "data/raw/synthetic" / base["synthetic"]["name"] / "truth.json")
     out_root = ROOT / args.out_root
-    rows = [onestep_scores(v, base, truth, out_root, grid) for v in variants
-            if (train_dir(out_root, v) / "checkpoints" / "final.pt").exists()]
+    measured = {v["name"]: onestep_scores(v, base, truth, out_root, grid) for v in variants
+                if (train_dir(out_root, v) / "checkpoints" / "final.pt").exists()}
+    # rows of variants whose checkpoints are not here (an earlier session's runs/) are kept from the last table
+    previous = args.out / "onestep.json"
+    kept = {r["variant"]: r for r in json.loads(previous.read_text())["rows"]} if previous.exists() else {}
+    rows = [measured.get(v["name"], kept.get(v["name"])) for v in variants]
+    rows = [r for r in rows if r is not None]
     args.out.mkdir(parents=True, exist_ok=True)
     floor = 1 / grid["samples"] ** 0.5
     (args.out / "onestep.json").write_text(json.dumps({"grid": grid, "sampling_floor": floor, "rows": rows},
