@@ -1,7 +1,8 @@
 """GPU figures (run where CUDA is present; not part of `snakemake bench`): the paper-scale singles KV cache at N=500,
 L=400 filled for real by StarMD.append under bf16 autocast and checked against the formula, a real per-frame pair
 cache on the GPU up to a memory budget, rollout speed (200 and 20 reverse steps, eager and rollout.compile) and
-per-frame time vs L, and bf16 training-step throughput and peak memory vs L. Random-init models (speed and memory do not depend on the weights).
+per-frame time vs L, and bf16 training-step throughput and peak memory vs L. Random-init models (speed and memory
+do not depend on the weights).
 
 The JSON is rewritten after every section, so a run cut short still reports what it measured.
 """

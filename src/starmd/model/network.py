@@ -182,7 +182,8 @@ class StarMD(nn.Module):
     def frame_pass(self, s0: torch.Tensor, z0: torch.Tensor, frame: Rigid, anchor: Rigid, start: Rigid,
                    t: torch.Tensor, frame_time_ps: torch.Tensor, delta_t_ps: torch.Tensor, res_mask: torch.Tensor,
                    attn_mask: torch.Tensor | None, past_kv: list[tuple[torch.Tensor, torch.Tensor] | None] | None,
-                   past_times: torch.Tensor | None) -> tuple[Rigid, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+                   past_times: torch.Tensor | None
+                   ) -> tuple[Rigid, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
         """One frame Rigid [B, N], seen from `anchor` and updated from `start`, through the trunk against held keys
         and values (`cache.past_kv()`). A function of its tensor arguments only, with no data-dependent branch, so
         torch.compile can capture it whole (`compile_frame_pass`). Returns x0 prediction Rigid [B, N] (A), singles
