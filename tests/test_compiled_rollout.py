@@ -23,6 +23,14 @@ from test_rollout import C_S_IN, C_Z_IN, MODEL, N_RES, _randomise
 DIFFUSION = {"so3": {"num_sigma": 64, "num_omega": 256}}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _reset_dynamo():
+    """Drop the compiled graphs (and the fake tensors dynamo keeps with them) once this module is done, so later
+    tests that walk every live tensor (test_rollout's cache-memory check) see only real ones."""
+    yield
+    torch._dynamo.reset()
+
+
 def _model(dtype: torch.dtype) -> StarMD:
     model = StarMD(c_s_in=C_S_IN, c_z_in=C_Z_IN, **MODEL).to(dtype)
     _randomise(model, 0)
