@@ -10,6 +10,7 @@ to another; it is exact only at the calibrated dims (recorded in the JSON).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,9 +140,7 @@ def time_width_factors(dims: Dims, calibrated: dict) -> list[float]:
         return [d["n_parameters"], blocks * d["c_s"] ** 2, blocks * d["c_z"] ** 2,
                 blocks * d["n_heads"] * d["c_hidden"]]
 
-    ours = work({"n_parameters": dims.n_parameters, "n_blocks": dims.n_blocks, "c_s": dims.c_s, "c_z": dims.c_z,
-                 "n_heads": dims.n_heads, "c_hidden": dims.c_hidden})
-    return [a / b for a, b in zip(ours, work(calibrated))]
+    return [a / b for a, b in zip(work(dataclasses.asdict(dims)), work(calibrated))]
 
 
 def _scaled(coef: dict[str, float], names: tuple[str, ...], factors: list[float]) -> dict[str, float]:

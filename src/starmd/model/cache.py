@@ -36,7 +36,39 @@ def _itemsize(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
-class KVCache:
+class _HeldProtein:
+    """What both caches hold besides keys/values: the protein's projected static inputs, its residue mask and
+    stride, the window, the latest appended frame and the attention mask built once per push."""
+
+    def __init__(self, static_single: torch.Tensor, static_pair: torch.Tensor, res_mask: torch.Tensor,
+                 delta_t_ps: torch.Tensor, window: int | None) -> None:
+        if window is not None and window < 1:
+            raise ValueError(f"{type(self).__name__} window must be a positive number of frames or None, got {window}")
+        self.static_single = static_single  # [B, N, c_s]
+        self.static_pair = static_pair  # [B, N, N, c_z]
+        self.res_mask = res_mask  # [B, N]
+        self.delta_t_ps = delta_t_ps  # [B]
+        self.window = window
+        self.frames_seen = 0  # frames ever appended (>= n_frames when a window drops old ones)
+        self.last_frame: Rigid | None = None  # [B, N]: the latest appended (re-noised) frame, the next target's anchor
+        self._mask: torch.Tensor | None = None  # attention mask for the held frames, built once per push
+
+    @property
+    def n_res(self) -> int:
+        return self.res_mask.shape[1]
+
+    def static_nbytes(self) -> int:
+        """Bytes of the once-per-protein projected singles and pair (constant in L)."""
+        return sum(t.untyped_storage().nbytes() for t in (self.static_single, self.static_pair))
+
+    def _pushed(self, frame: Rigid) -> None:
+        """Bookkeeping after a frame's keys/values are stored."""
+        self.last_frame = frame.detach()
+        self.frames_seen += 1
+        self._mask = None
+
+
+class KVCache(_HeldProtein):
     """Keys/values [B, H, L_held * N, C] per diffusion block (frame-major tokens), plus the protein's static inputs.
 
     Built by `StarMD.init_cache`, read by `StarMD.step` (never modified there) and grown by `StarMD.append`. With
@@ -45,25 +77,12 @@ class KVCache:
 
     def __init__(self, static_single: torch.Tensor, static_pair: torch.Tensor, res_mask: torch.Tensor,
                  delta_t_ps: torch.Tensor, n_blocks: int, window: int | None = None) -> None:
-        if window is not None and window < 1:
-            raise ValueError(f"KVCache window must be a positive number of frames or None, got {window}")
-        self.static_single = static_single  # [B, N, c_s]
-        self.static_pair = static_pair  # [B, N, N, c_z]
-        self.res_mask = res_mask  # [B, N]
+        super().__init__(static_single, static_pair, res_mask, delta_t_ps, window)
         # attention needs a mask only when some residue is padded; checked once here, not at every step
         self.masked = not bool(res_mask.bool().all())
-        self.delta_t_ps = delta_t_ps  # [B]
-        self.window = window
         self.keys: list[torch.Tensor | None] = [None] * n_blocks  # each [B, H, L_held * N, C]
         self.values: list[torch.Tensor | None] = [None] * n_blocks
-        self.frames_seen = 0  # frames ever appended (>= n_frames when a window drops old ones)
-        self.last_frame: Rigid | None = None  # [B, N]: the latest appended (re-noised) frame, the next target's anchor
         self.frame_times: torch.Tensor | None = None  # [B, L_held] physical times of the held frames (ps)
-        self._mask: torch.Tensor | None = None  # attention mask for the held frames, built once per push
-
-    @property
-    def n_res(self) -> int:
-        return self.res_mask.shape[1]
 
     @property
     def n_frames(self) -> int:
@@ -101,9 +120,7 @@ class KVCache:
         times = frame_time_ps[:, None] if self.frame_times is None else torch.cat([self.frame_times,
                                                                                    frame_time_ps[:, None]], 1)
         self.frame_times = times if self.window is None else times[:, -self.window:].clone()  # own exact storage
-        self.last_frame = frame.detach()
-        self.frames_seen += 1
-        self._mask = None
+        self._pushed(frame)
 
     @staticmethod
     def _grow(held: torch.Tensor | None, new: torch.Tensor, keep: int | None) -> torch.Tensor:
@@ -118,12 +135,8 @@ class KVCache:
         """Bytes allocated for the cached keys/values (sum of their storages)."""
         return sum(t.untyped_storage().nbytes() for t in self.keys + self.values if t is not None)
 
-    def static_nbytes(self) -> int:
-        """Bytes of the once-per-protein projected singles and pair (constant in L)."""
-        return sum(t.untyped_storage().nbytes() for t in (self.static_single, self.static_pair))
 
-
-class StaticKVCache:
+class StaticKVCache(_HeldProtein):
     """The KVCache contract in preallocated frame slots: keys/values [B, H, S N, C] per block, the slots' frame times
     [B, S] and a key mask [B, 1, 1, S N + N] marking filled slots (and the query frame's own real residues).
 
@@ -138,12 +151,10 @@ class StaticKVCache:
     def __init__(self, static_single: torch.Tensor, static_pair: torch.Tensor, res_mask: torch.Tensor,
                  delta_t_ps: torch.Tensor, n_blocks: int, n_heads: int, c_hidden: int, window: int | None,
                  max_frames: int, first_slots: int = 8) -> None:
-        if window is not None and window < 1:
-            raise ValueError(f"StaticKVCache window must be a positive number of frames or None, got {window}")
+        super().__init__(static_single, static_pair, res_mask, delta_t_ps, window)
         if max_frames < 1:
             raise ValueError(f"StaticKVCache max_frames must be >= 1, got {max_frames}")
-        self.static_single, self.static_pair, self.res_mask = static_single, static_pair, res_mask
-        self.delta_t_ps, self.window, self.n_blocks = delta_t_ps, window, n_blocks
+        self.n_blocks = n_blocks
         self.max_slots = min(window, max_frames) if window is not None else max_frames
         self.first_slots = min(first_slots, self.max_slots) if window is None else self.max_slots
         b = res_mask.shape[0]
@@ -152,13 +163,6 @@ class StaticKVCache:
         self.values: list[torch.Tensor] = [empty] * n_blocks
         self.frame_times = delta_t_ps.new_zeros(b, 0)  # [B, S] (empty slots: 0, masked)
         self.slot_valid = torch.zeros(b, 0, dtype=torch.bool, device=res_mask.device)  # [B, S N] filled, real
-        self._mask: torch.Tensor | None = None
-        self.frames_seen = 0
-        self.last_frame: Rigid | None = None
-
-    @property
-    def n_res(self) -> int:
-        return self.res_mask.shape[1]
 
     @property
     def n_slots(self) -> int:
@@ -201,9 +205,7 @@ class StaticKVCache:
             held[:, :, slot * n:(slot + 1) * n].copy_(new)
         self.frame_times[:, slot] = frame_time_ps
         self.slot_valid[:, slot * n:(slot + 1) * n] = self.res_mask.bool()
-        self._mask = None
-        self.last_frame = frame.detach()
-        self.frames_seen += 1
+        self._pushed(frame)
 
     def _allocate(self, kvs: list[tuple[torch.Tensor, torch.Tensor]], slots: int) -> None:
         """(Re)allocate `slots` frame slots, keeping what is held in the first slots."""
@@ -224,7 +226,3 @@ class StaticKVCache:
     def nbytes(self) -> int:
         """Bytes allocated for the key/value slots (sum of their storages; filled or not)."""
         return sum(t.untyped_storage().nbytes() for t in self.keys + self.values)
-
-    def static_nbytes(self) -> int:
-        """Bytes of the once-per-protein projected singles and pair (constant in L)."""
-        return sum(t.untyped_storage().nbytes() for t in (self.static_single, self.static_pair))
