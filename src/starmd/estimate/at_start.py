@@ -86,10 +86,11 @@ def rollout_predictor(dims: rm.Dims, n_res: int, n_samples: int, n_frames: int, 
     return predict
 
 
-def training_predictor(dims: rm.Dims, n_res: int, n_frames: int, batch: int, steps: int, device: str) -> Predictor:
+def training_predictor(dims: rm.Dims, n_res: int, n_frames: int, batch: int, steps: int, device: str,
+                       checkpointing: bool) -> Predictor:
     """Peak bytes and seconds of one training process on windows of `n_res` residues (already cropped)."""
 
     def predict(cal: rm.Calibration) -> tuple[int, float | None]:
-        return (rm.training_peak_bytes(cal, dims, n_res, n_frames, batch)["total"],
-                rm.training_seconds(cal, dims, device, n_res, n_frames, batch, steps))
+        return (rm.training_peak_bytes(cal, dims, n_res, n_frames, batch, checkpointing)["total"],
+                rm.training_seconds(cal, dims, device, n_res, n_frames, batch, steps, checkpointing))
     return predict

@@ -19,6 +19,7 @@ def estimate_rows(config: dict, cal: rm.Calibration, device: str) -> list[dict]:
     """One row per protein: rollout (n_samples trajectories of n_frames) and training (a cropped window batch)."""
     dims = model_dims(config["model"], feature_dims(config))
     ro, tr = config["rollout"], config["training"]
+    checkpointing = bool(tr.get("activation_checkpointing", False))
     rows = []
     for name, info in sorted(protein_lengths(config).items()):
         n = info["n_res"]
@@ -29,9 +30,10 @@ def estimate_rows(config: dict, cal: rm.Calibration, device: str) -> list[dict]:
             "rollout_bytes": rm.rollout_peak_bytes(cal, dims, n, held, ro["n_samples"])["total"],
             "rollout_s": rm.rollout_seconds(cal, dims, device, n, ro["n_frames"], ro["steps"], ro["n_samples"],
                                             ro["context_window"]),
-            "train_bytes": rm.training_peak_bytes(cal, dims, n_train, tr["num_frames"], tr["batch_size"])["total"],
+            "train_bytes": rm.training_peak_bytes(cal, dims, n_train, tr["num_frames"], tr["batch_size"],
+                                                  checkpointing)["total"],
             "train_s": rm.training_seconds(cal, dims, device, n_train, tr["num_frames"], tr["batch_size"],
-                                           tr["steps"]),
+                                           tr["steps"] * tr.get("grad_accum", 1), checkpointing),
         })
     return rows
 

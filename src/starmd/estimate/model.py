@@ -6,11 +6,16 @@ Memory = what is known exactly (weights, optimizer state, inputs, projected stat
 starmd.model.cache) + fitted activations. Activation features carry the model widths (N c_s for singles, N^2 c_z for
 pair-sized tensors, the parameter count for gradients), so a calibration at one model scale transfers approximately
 to another; it is exact only at the calibrated dims (recorded in the JSON).
+
+Time = fitted seconds over work features that carry the widths too: a fixed and a per-block overhead (Python and
+kernel launches), blocks x c_s^2 per residue, blocks x c_z^2 per residue pair, blocks x heads x c_hidden per query-key
+pair of the S x T attention (over the frames held at inference, over the 2L-frame window in training), the parameter
+count for the optimizer. The calibration fits them jointly over models of two widths and many held frames, and
+checks the fit on a third width it did not see (benchmarks/estimate_calibration.py).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +27,12 @@ from starmd.model.cache import kv_cache_nbytes
 
 FP32 = 4
 # Names of the fitted coefficients, in feature order (see the *_features functions).
-ROLLOUT_MEMORY_TERMS = ("per_B_N_c_s", "per_B_N2_c_z")
-TRAINING_MEMORY_TERMS = ("per_parameter", "per_B_2L_N_c_s", "per_B_2L_N2_c_z")
-ROLLOUT_TIME_TERMS = ("const", "per_B_N", "per_B_N2", "per_B_N2_L")
-TRAINING_TIME_TERMS = ("const", "per_B_L_N", "per_B_L_N2", "per_B_L2_N2")
+ROLLOUT_MEMORY_TERMS = ("per_B_N_c_s", "per_B_N2_c_z", "attention_per_B_N_c_s", "attention_per_B_N_L_H_C")
+TRAINING_MEMORY_TERMS = ("per_parameter", "per_B_2L_N_block_c_s", "per_B_2L_N2_block_c_z", "per_B_2L_N2_c_z")
+ROLLOUT_TIME_TERMS = ("const", "per_block", "per_B_N", "per_B_N2_c_z", "per_B_N_block_c_s2", "per_B_N2_block_c_z2",
+                      "per_B_N2_L_block_H_C")
+TRAINING_TIME_TERMS = ("const", "per_block", "per_parameter", "per_B_L_N", "per_B_L_N2_c_z", "per_B_L_N_block_c_s2",
+                       "per_B_L_N2_block_c_z2", "per_B_L2_N2_block_H_C")
 
 
 @dataclass(frozen=True)
@@ -42,26 +49,68 @@ class Dims:
     n_parameters: int
 
 
-def rollout_memory_features(dims: Dims, n_res: int, batch: int) -> list[float]:
-    """Activations of one denoising step: singles [B, N, c_s] and pair-sized [B, N, N, c_z] tensors (the step's
-    attention over the cache runs in SDPA's fused kernel, which measured no growth with the frames held)."""
-    return [batch * n_res * dims.c_s, batch * n_res**2 * dims.c_z]
+def rollout_memory_features(dims: Dims, n_res: int, batch: int, n_held: int) -> list[float]:
+    """Activations of one denoising step, in two phases whose larger one is the peak (`rollout_activation_bytes`):
+    the trunk's singles [B, N, c_s] and pair-sized [B, N, N, c_z] tensors; the S x T attention's singles and the held
+    keys/values joined with the frame's own [B, H, (L + 1) N, C] (at hundreds of held frames the largest tensors)."""
+    singles = batch * n_res * dims.c_s
+    return [singles, batch * n_res**2 * dims.c_z, singles, batch * n_res * n_held * dims.n_heads * dims.c_hidden]
+
+
+def rollout_activation_bytes(coefficients: dict[str, float], features: list[float]) -> float:
+    """Peak of the two phases of `rollout_memory_features` (their tensors are not alive at the same time: a sum
+    over-predicted a small model's peak at 48 held frames by 26%)."""
+    terms = [coefficients[n] * f for n, f in zip(ROLLOUT_MEMORY_TERMS, features)]
+    return max(terms[0] + terms[1], terms[2] + terms[3])
+
+
+def fit_rollout_memory(rows: list[list[float]], targets: list[float], rounds: int = 20) -> dict[str, float]:
+    """Fit the two phases of `rollout_activation_bytes`: start with every point in the trunk phase, then alternately
+    refit each phase on the points it explains and reassign every point to the phase predicting more (the max of
+    two non-negative linear models; converges in a few rounds)."""
+    a = np.asarray(rows, dtype=float)
+    y = np.asarray(targets, dtype=float)
+    attention = np.zeros(len(y), dtype=bool)
+    coef = np.zeros(4)
+    for _ in range(rounds):
+        trunk = fit(a[~attention, :2].tolist(), y[~attention].tolist(), ROLLOUT_MEMORY_TERMS[:2])
+        coef[:2] = [trunk[n] for n in ROLLOUT_MEMORY_TERMS[:2]]
+        # first round: the points the trunk phase under-explains seed the attention phase
+        members = attention if attention.any() else a[:, :2] @ coef[:2] < y
+        if members.any():
+            att = fit(a[members, 2:].tolist(), y[members].tolist(), ROLLOUT_MEMORY_TERMS[2:])
+            coef[2:] = [att[n] for n in ROLLOUT_MEMORY_TERMS[2:]]
+        new = a[:, 2:] @ coef[2:] > a[:, :2] @ coef[:2]
+        if (new == attention).all() or new.all():
+            break
+        attention = new
+    return dict(zip(ROLLOUT_MEMORY_TERMS, coef.tolist()))
 
 
 def training_memory_features(dims: Dims, n_res: int, n_frames: int, batch: int) -> list[float]:
-    """Gradients (one per parameter) and the activations of 2L frames held for backward (pairs are per frame)."""
+    """Gradients (one per parameter) and the activations of 2L frames held for backward: singles and per-frame pairs
+    in every block, and the FrameEncoder's pair features once."""
     tokens = batch * 2 * n_frames * n_res
-    return [dims.n_parameters, tokens * dims.c_s, tokens * n_res * dims.c_z]
+    k = dims.n_blocks
+    return [dims.n_parameters, tokens * k * dims.c_s, tokens * n_res * k * dims.c_z, tokens * n_res * dims.c_z]
 
 
-def rollout_time_features(n_res: int, n_held: float, batch: int) -> list[float]:
-    """Seconds per network evaluation: launch overhead, per-residue and pair work, attention over the held frames."""
-    return [1.0, batch * n_res, batch * n_res**2, batch * n_res**2 * n_held]
+def rollout_time_features(dims: Dims, n_res: int, n_held: float, batch: int) -> list[float]:
+    """Seconds per network evaluation (with its reverse step): overheads, width-free per-residue geometry (sampler,
+    rigids), the frame's pair features (c_z wide, outside the blocks), per-residue and per-pair work of the blocks,
+    attention of the frame's N tokens over the N x n_held held ones."""
+    k = dims.n_blocks
+    return [1.0, k, batch * n_res, batch * n_res**2 * dims.c_z, batch * n_res * k * dims.c_s**2,
+            batch * n_res**2 * k * dims.c_z**2, batch * n_res**2 * n_held * k * dims.n_heads * dims.c_hidden]
 
 
-def training_time_features(n_res: int, n_frames: int, batch: int) -> list[float]:
-    """Seconds per optimizer step: overhead, per-token and per-pair work, block-causal attention over 2L N tokens."""
-    return [1.0, batch * n_frames * n_res, batch * n_frames * n_res**2, batch * (n_frames * n_res) ** 2]
+def training_time_features(dims: Dims, n_res: int, n_frames: int, batch: int) -> list[float]:
+    """Seconds per optimizer step: overheads, optimizer work per parameter, then as `rollout_time_features` over the
+    B L N tokens, with block-causal attention over 2L N tokens."""
+    k = dims.n_blocks
+    tokens = batch * n_frames * n_res
+    return [1.0, k, dims.n_parameters, tokens, tokens * n_res * dims.c_z, tokens * k * dims.c_s**2,
+            tokens * n_res * k * dims.c_z**2, batch * (n_frames * n_res) ** 2 * k * dims.n_heads * dims.c_hidden]
 
 
 def fit(rows: list[list[float]], targets: list[float], names: tuple[str, ...]) -> dict[str, float]:
@@ -88,7 +137,10 @@ class Calibration:
     training_memory: dict[str, float]
     rollout_time: dict[str, dict[str, float]]  # device -> coefficients
     training_time: dict[str, dict[str, float]]
-    dims: dict  # the model the constants were measured on
+    dims: dict  # the model the memory constants were measured on
+    # with training.activation_checkpointing (blocks recomputed in backward: less memory, more time)
+    training_memory_checkpointed: dict[str, float]
+    training_time_checkpointed: dict[str, dict[str, float]]
 
     @classmethod
     def load(cls, path: str | Path) -> "Calibration":
@@ -100,8 +152,25 @@ class Calibration:
                                     f"bench_estimate_calibration` or pass --calibration") from None
         except (KeyError, json.JSONDecodeError) as exc:
             raise ValueError(f"estimate calibration {path}: not a bench_estimate_calibration result ({exc})") from None
-        return cls(path, fitted["rollout_memory"], fitted["training_memory"], fitted["rollout_time"],
-                   fitted["training_time"], fitted["model_dims"])
+        try:
+            cal = cls(path, fitted["rollout_memory"], fitted["training_memory"], fitted["rollout_time"],
+                      fitted["training_time"], fitted["model_dims"], fitted["training_memory_checkpointed"],
+                      fitted["training_time_checkpointed"])
+        except KeyError as exc:
+            raise ValueError(f"estimate calibration {path}: no {exc} (made by an older version); rerun `snakemake "
+                             f"bench_estimate_calibration`") from None
+        expected = [("rollout_memory", cal.rollout_memory, ROLLOUT_MEMORY_TERMS),
+                    ("training_memory", cal.training_memory, TRAINING_MEMORY_TERMS),
+                    ("training_memory_checkpointed", cal.training_memory_checkpointed, TRAINING_MEMORY_TERMS)]
+        expected += [(f"rollout_time.{d}", c, ROLLOUT_TIME_TERMS) for d, c in cal.rollout_time.items()]
+        expected += [(f"{key}.{d}", c, TRAINING_TIME_TERMS) for key in ("training_time", "training_time_checkpointed")
+                     for d, c in getattr(cal, key).items()]
+        for key, coef, names in expected:
+            if sorted(coef) != sorted(names):
+                raise ValueError(f"estimate calibration {path}: '{key}' has terms {sorted(coef)}, this version of "
+                                 f"the resource model expects {sorted(names)}; rerun `snakemake "
+                                 f"bench_estimate_calibration`")
+        return cal
 
 
 def rollout_peak_bytes(cal: Calibration, dims: Dims, n_res: int, n_held: int, batch: int) -> dict[str, int]:
@@ -111,40 +180,25 @@ def rollout_peak_bytes(cal: Calibration, dims: Dims, n_res: int, n_held: int, ba
         "weights": FP32 * dims.n_parameters,
         "static": FP32 * (n_res * (dims.c_s_in + dims.c_s) + n_res**2 * (dims.c_z_in + dims.c_z)),
         "kv_cache": kv_cache_nbytes(dims.n_blocks, dims.n_heads, dims.c_hidden, n_res, n_held, batch),
-        "activations": round(apply(cal.rollout_memory, rollout_memory_features(dims, n_res, batch),
-                                   ROLLOUT_MEMORY_TERMS)),
+        "activations": round(rollout_activation_bytes(cal.rollout_memory,
+                                                      rollout_memory_features(dims, n_res, batch, n_held))),
     }
     return {**parts, "total": sum(parts.values())}
 
 
-def training_peak_bytes(cal: Calibration, dims: Dims, n_res: int, n_frames: int, batch: int) -> dict[str, int]:
+def training_peak_bytes(cal: Calibration, dims: Dims, n_res: int, n_frames: int, batch: int,
+                        checkpointing: bool = False) -> dict[str, int]:
     """Peak bytes of one training process: weights, AdamW's two moments and the EMA copy (4 x parameters), the batch
-    (frozen features per window) and the fitted activations + gradients of one step."""
+    (frozen features per window) and the fitted activations + gradients of one step (with or without activation
+    checkpointing)."""
+    coef = cal.training_memory_checkpointed if checkpointing else cal.training_memory
     parts = {
         "weights_optimizer_ema": 4 * FP32 * dims.n_parameters,
         "batch": FP32 * batch * (n_res * dims.c_s_in + n_res**2 * dims.c_z_in + n_frames * n_res * 12),
-        "activations": round(apply(cal.training_memory, training_memory_features(dims, n_res, n_frames, batch),
+        "activations": round(apply(coef, training_memory_features(dims, n_res, n_frames, batch),
                                    TRAINING_MEMORY_TERMS)),
     }
     return {**parts, "total": sum(parts.values())}
-
-
-def time_width_factors(dims: Dims, calibrated: dict) -> list[float]:
-    """Per time term (overhead, per-residue, per-pair, attention; the order of the *_TIME_TERMS), the work of a
-    model of these widths relative to the calibrated one: parameters (the size-independent part: optimizer and EMA
-    updates, weight reads), blocks x c_s^2, blocks x c_z^2, blocks x heads x c_hidden. The time calibration is
-    measured on one model; without this the known-answer config's 0.35M-parameter model was predicted 60x too slow
-    (15.6 h for a ~15 min training). Exactly 1 at the calibrated widths; elsewhere an approximation."""
-    def work(d: dict) -> list[float]:
-        blocks = d["n_blocks"]
-        return [d["n_parameters"], blocks * d["c_s"] ** 2, blocks * d["c_z"] ** 2,
-                blocks * d["n_heads"] * d["c_hidden"]]
-
-    return [a / b for a, b in zip(work(dataclasses.asdict(dims)), work(calibrated))]
-
-
-def _scaled(coef: dict[str, float], names: tuple[str, ...], factors: list[float]) -> dict[str, float]:
-    return {name: coef[name] * f for name, f in zip(names, factors)}
 
 
 def rollout_seconds(cal: Calibration, dims: Dims, device: str, n_res: int, n_frames: int, steps: int, batch: int,
@@ -154,18 +208,17 @@ def rollout_seconds(cal: Calibration, dims: Dims, device: str, n_res: int, n_fra
     coef = cal.rollout_time.get(device)
     if coef is None:
         return None
-    coef = _scaled(coef, ROLLOUT_TIME_TERMS, time_width_factors(dims, cal.dims))
     held = [min(l, window) if window else l for l in range(1, n_frames + 1)]
-    per_eval = apply(coef, rollout_time_features(n_res, sum(held) / len(held), batch), ROLLOUT_TIME_TERMS)
+    per_eval = apply(coef, rollout_time_features(dims, n_res, sum(held) / len(held), batch), ROLLOUT_TIME_TERMS)
     return n_frames * (steps + 1) * per_eval
 
 
 def training_seconds(cal: Calibration, dims: Dims, device: str, n_res: int, n_frames: int, batch: int,
-                     steps: int) -> float | None:
-    """Wall time of `steps` optimizer steps of one process on windows of this protein; None when uncalibrated."""
-    coef = cal.training_time.get(device)
+                     steps: int, checkpointing: bool = False) -> float | None:
+    """Wall time of `steps` optimizer steps of one process on windows of this protein (activation checkpointing
+    recomputes every block in backward: ~1.45x at the study's width); None when uncalibrated."""
+    coef = (cal.training_time_checkpointed if checkpointing else cal.training_time).get(device)
     if coef is None:
         return None
-    coef = _scaled(coef, TRAINING_TIME_TERMS, time_width_factors(dims, cal.dims))
-    per_step = apply(coef, training_time_features(n_res, n_frames, batch), TRAINING_TIME_TERMS)
+    per_step = apply(coef, training_time_features(dims, n_res, n_frames, batch), TRAINING_TIME_TERMS)
     return steps * per_step

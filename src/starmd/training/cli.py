@@ -82,7 +82,8 @@ def log_training_estimate(config: dict[str, Any], cfg: TrainingConfig, data: Fra
     micro_steps = cfg.steps * cfg.grad_accum  # the time model is per micro-batch of batch_size windows
     log_estimate(log, f"training ({cfg.steps} steps x {cfg.grad_accum} micro-batches of {cfg.batch_size} windows x "
                  f"{cfg.num_frames} frames, longest protein {longest.name} cropped to N={n_res})", longest.name, dims,
-                 training_predictor(dims, n_res, cfg.num_frames, cfg.batch_size, micro_steps, device.type), device)
+                 training_predictor(dims, n_res, cfg.num_frames, cfg.batch_size, micro_steps, device.type,
+                                    cfg.activation_checkpointing), device)
 
 
 def parser() -> argparse.ArgumentParser:
