@@ -115,7 +115,7 @@ def test_compiled_frame_pass_equals_eager():
             for c in (eager, compiled):
                 c.append(frame, tau, times)
             noisy = diffuser.sample_ref((s, N_RES), g)
-            preds = [c.denoise(noisy, torch.full((s,), 0.4), times + 20.0) for c in (eager, compiled)]
+            preds = [c.denoise(noisy, torch.full((s,), 0.4), times + 20.0)["pred_rigids"] for c in (eager, compiled)]
             assert _max_diff(*preds, torch.ones(N_RES)) < 1e-4
             assert not torch.equal(preds[1].trans[0], preds[1].trans[1])  # samples stay distinct
 

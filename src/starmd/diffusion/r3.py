@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from starmd.diffusion.time import as_time, check_step
+from starmd.diffusion.time import as_time, check_step, check_target
 
 
 class R3Diffuser:
@@ -103,3 +103,41 @@ class R3Diffuser:
             mean = perturb.sum(-2, keepdim=True) / m.sum(-1)[..., None, None].clamp_min(1)  # [..., 1, 3]
             perturb = perturb - mean * m[..., None]
         return x_t - self._unscale(perturb)
+
+    def reverse_ancestral(self, x_t: torch.Tensor, x_0: torch.Tensor, t: torch.Tensor | float, s: float,
+                          generator: torch.Generator | None, mask: torch.Tensor | None = None,
+                          center: bool = True, x0_var: torch.Tensor | None = None) -> torch.Tensor:
+        """One ancestral step t -> s < t: a draw from the forward process's own posterior q(x_s | x_t, x_0) with x_0
+        the denoiser's estimate (DDPM). Exact Gaussian algebra instead of a drift linearised over the step, so it
+        stays stable where Euler-Maruyama overshoots (dt b(t) > 1 - alpha_t^2 near t = 0 on a coarse grid).
+
+        Args as `reverse` with x_0 [..., N, 3] (A) in place of the score and s the time stepped to (s = 0: x_0).
+        x0_var [..., N] or a covariance across residues [..., N, N] (A^2): the denoiser's uncertainty Var(x_0 | x_t)
+        where it knows it (`posterior_var`), added through x_0's weight in the mean, so a Gaussian denoiser's draws
+        are exact at any step size (Analytic-DPM); without it every step is too narrow by that term.
+        """
+        t = as_time(t, x_t, x_t.shape[:-2])
+        check_target(t, s)
+        t_, s_ = t[..., None, None], torch.as_tensor(s, dtype=x_t.dtype, device=x_t.device)
+        alpha_t, alpha_s = self.alpha_t(t_), self.alpha_t(s_)
+        var_t, var_s = self.conditional_var(t_), self.conditional_var(s_)
+        alpha_ts = alpha_t / alpha_s
+        var_ts = -torch.expm1(-(self.marginal_b_t(t_) - self.marginal_b_t(s_)))  # 1 - alpha_ts^2
+        weight_0 = alpha_s * var_ts / var_t  # [..., 1, 1]
+        mean = weight_0 * self._scale(x_0) + alpha_ts * var_s / var_t * self._scale(x_t)
+        var = var_ts * var_s / var_t
+        z = torch.randn(x_t.shape, generator=generator, dtype=x_t.dtype, device=x_t.device)
+        if x0_var is not None and x0_var.dim() == x_t.dim():  # covariance across residues: correlated noise
+            eye = torch.eye(x0_var.shape[-1], dtype=x_t.dtype, device=x_t.device)
+            cov = var * eye + weight_0**2 * self._scale(self._scale(x0_var))  # [..., N, N]
+            noise = torch.linalg.cholesky(cov + 1e-10 * eye) @ z
+        else:
+            if x0_var is not None:
+                var = var + weight_0**2 * self._scale(self._scale(x0_var))[..., None]  # [..., N, 1]
+            noise = var.sqrt() * z
+        step = mean + noise - self._scale(x_t)  # [..., N, 3] scaled units
+        m = torch.ones_like(x_t[..., 0]) if mask is None else mask.to(x_t.dtype)  # [..., N]
+        step = step * m[..., None]
+        if center:
+            step = step - step.sum(-2, keepdim=True) / m.sum(-1)[..., None, None].clamp_min(1) * m[..., None]
+        return x_t + self._unscale(step)

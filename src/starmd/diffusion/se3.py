@@ -18,6 +18,7 @@ from starmd.diffusion.r3 import R3Diffuser
 from starmd.diffusion.so3 import SO3Diffuser
 from starmd.diffusion.time import as_time
 from starmd.geometry.rigid import Rigid
+from starmd.geometry.so3 import rotmat_to_rotvec, rotvec_to_rotmat
 
 
 def _build(cls: type, section: str, conf: Mapping[str, Any] | None) -> Any:
@@ -73,6 +74,71 @@ class SE3Diffuser:
         """Rotation score [..., N, 3] (body frame of rots_t) given clean rots_0 [..., N, 3, 3], e.g. predicted."""
         return self.so3.score(rots_t, rots_0, t)
 
+    def posterior_mean(self, prior_mean: Rigid, prior_log_std: torch.Tensor, rigids_t: Rigid,
+                       t: torch.Tensor | float, modes: torch.Tensor | None = None) -> Rigid:
+        """E[x0 | x_t] when each residue's clean frame is Gaussian around prior_mean: the denoiser with a skip
+        connection (EDM's c_skip), used when the network predicts the next frame's law (`model.step_std_init`).
+
+        Translations x0 ~ N(m, s^2 I) (A) and x_t = alpha x0 + noise of variance v(t) (A^2) give
+        x0 = m + k (x_t - alpha m), k = alpha s^2 / (alpha^2 s^2 + v); with collective modes U [..., N, r] the
+        covariance across residues is S = diag(s^2) + U U^T (per coordinate) and k = alpha S (alpha^2 S + v I)^-1.
+        Rotations R0 = M exp(w) with w ~ N(0, r^2 I) (body frame, small angles) and IGSO3(sigma(t)) noise give
+        R0 = M exp(k_r log(M^T R_t)), k_r = r^2 / (r^2 + sigma^2). At large t this is the network's mean; as t -> 0
+        it is the noisy frame itself, so the sampled frame keeps the width the data have instead of collapsing onto
+        m (issue 13's narrow step).
+
+        Args: prior_mean Rigid [..., N] (A); prior_log_std [..., N, 2] (log s in A, log r in rad); rigids_t Rigid
+        [..., N]; t float or [...]; modes [..., N, r] (A) or None. Returns Rigid [..., N]; exact for Gaussian data
+        with the right m and law.
+        """
+        t = as_time(t, rigids_t.trans, rigids_t.shape[:-1])[..., None]  # [..., 1]
+        var_trans, var_rot = torch.exp(2 * prior_log_std).unbind(-1)  # [..., N] each
+        alpha = self.r3.alpha_t(t)
+        noise_var = self.r3.conditional_var(t) / self.r3.coordinate_scaling**2  # A^2
+        residual = rigids_t.trans - alpha[..., None] * prior_mean.trans  # [..., N, 3]
+        if modes is None:
+            trans = prior_mean.trans + (alpha * var_trans / (alpha**2 * var_trans + noise_var))[..., None] * residual
+        else:
+            cov = self._step_cov(var_trans, modes)  # [..., N, N]
+            eye = torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
+            solved = torch.linalg.solve(alpha[..., None] ** 2 * cov + noise_var[..., None] * eye, residual)
+            trans = prior_mean.trans + alpha[..., None] * (cov @ solved)
+        k_rot = var_rot / (var_rot + self.so3.sigma(t) ** 2)
+        offset = rotmat_to_rotvec(prior_mean.rots.transpose(-1, -2) @ rigids_t.rots)  # [..., N, 3] body frame
+        return Rigid(prior_mean.rots @ rotvec_to_rotmat(k_rot[..., None] * offset), trans)
+
+    @staticmethod
+    def _step_cov(var_trans: torch.Tensor, modes: torch.Tensor) -> torch.Tensor:
+        """diag(s^2) + U U^T [..., N, N] (A^2) from s^2 [..., N] and modes U [..., N, r]."""
+        return torch.diag_embed(var_trans) + modes @ modes.transpose(-1, -2)
+
+    def posterior_var(self, prior_log_std: torch.Tensor, t: torch.Tensor | float,
+                      modes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Var(x0 | x_t) under the Gaussian law of `posterior_mean`: translations s^2 v / (alpha^2 s^2 + v) [..., N]
+        (A^2), or with modes the covariance v S (alpha^2 S + v I)^-1 [..., N, N]; rotations r^2 sigma^2 / (r^2 +
+        sigma^2) [..., N] (rad^2 per axis)."""
+        t = as_time(t, prior_log_std, prior_log_std.shape[:-2])[..., None]  # [..., 1]
+        var_trans, var_rot = torch.exp(2 * prior_log_std).unbind(-1)
+        alpha = self.r3.alpha_t(t)
+        noise_var = self.r3.conditional_var(t) / self.r3.coordinate_scaling**2
+        sigma2 = self.so3.sigma(t) ** 2
+        if modes is None:
+            trans = var_trans * noise_var / (alpha**2 * var_trans + noise_var)
+        else:
+            cov = self._step_cov(var_trans, modes)
+            eye = torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
+            trans = noise_var[..., None] * torch.linalg.solve(alpha[..., None] ** 2 * cov + noise_var[..., None] * eye,
+                                                              cov)  # symmetric: S and A commute
+            trans = 0.5 * (trans + trans.transpose(-1, -2))
+        return trans, var_rot * sigma2 / (var_rot + sigma2)
+
+    def x0_estimate(self, out: Mapping[str, Any], rigids_t: Rigid, t: torch.Tensor | float) -> Rigid:
+        """The denoiser's x0 from a StarMD output: its prediction, or the posterior mean around it when the network
+        also predicts the step's law (`step_log_std`, `step_modes`)."""
+        if out.get("step_log_std") is None:
+            return out["pred_rigids"]
+        return self.posterior_mean(out["pred_rigids"], out["step_log_std"], rigids_t, t, out.get("step_modes"))
+
     def sample_ref(self, shape: tuple[int, ...], generator: torch.Generator | None,
                    dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Rigid:
         """Prior frames Rigid [*shape]: uniform rotations, N(0, (10 A)^2 I) translations."""
@@ -86,4 +152,16 @@ class SE3Diffuser:
         trans = self.r3.reverse(rigids_t.trans, trans_score, t, dt, generator, mask=mask, noise_scale=noise_scale,
                                 center=center)
         rots = self.so3.reverse(rigids_t.rots, rot_score, t, dt, generator, mask=mask, noise_scale=noise_scale)
+        return Rigid(rots, trans)
+
+    def reverse_ancestral(self, rigids_t: Rigid, rigids_0: Rigid, t: torch.Tensor | float, s: float,
+                          generator: torch.Generator | None, mask: torch.Tensor | None = None,
+                          center: bool = True, x0_var: tuple[torch.Tensor, torch.Tensor] | None = None) -> Rigid:
+        """One ancestral step t -> s of both parts, given the denoiser's x0 estimate (`rollout.reverse: ancestral`)
+        and, where known, its uncertainty x0_var = `posterior_var` (translations [..., N] or [..., N, N] in A^2,
+        rotations [..., N] in rad^2)."""
+        var_trans, var_rot = (None, None) if x0_var is None else x0_var
+        trans = self.r3.reverse_ancestral(rigids_t.trans, rigids_0.trans, t, s, generator, mask=mask, center=center,
+                                          x0_var=var_trans)
+        rots = self.so3.reverse_ancestral(rigids_t.rots, rigids_0.rots, t, s, generator, mask=mask, x0_var=var_rot)
         return Rigid(rots, trans)

@@ -24,7 +24,7 @@ import math
 
 import torch
 
-from starmd.diffusion.time import as_time, check_step
+from starmd.diffusion.time import as_time, check_step, check_target
 from starmd.geometry.igso3 import IGSO3, igso3_score
 from starmd.geometry.so3 import random_rotation, rotmat_to_rotvec, rotvec_to_rotmat
 
@@ -113,6 +113,31 @@ class SO3Diffuser:
         z = torch.randn(score_t.shape, generator=generator, dtype=rots_t.dtype, device=rots_t.device)
         perturb = g * g * score_t * dt + noise_scale * g * (dt**0.5) * z  # [..., N, 3]
         rots = rots_t @ rotvec_to_rotmat(perturb)
+        if mask is None:
+            return rots
+        return torch.where(mask.bool()[..., None, None], rots, rots_t)
+
+    def reverse_ancestral(self, rots_t: torch.Tensor, rots_0: torch.Tensor, t: torch.Tensor | float, s: float,
+                          generator: torch.Generator | None, mask: torch.Tensor | None = None,
+                          x0_var: torch.Tensor | None = None) -> torch.Tensor:
+        """One ancestral step t -> s < t: the Brownian bridge from the estimate R_0 to R_t, read on the geodesic
+        (exact in the small-angle limit): R_s = R_0 exp(lam w + sqrt(sigma_s^2 (1 - lam)) z), w = log(R_0^T R_t),
+        lam = sigma_s^2 / sigma_t^2, z ~ N(0, I_3) in the body frame. s = 0 gives R_0.
+
+        Args: rots_t, rots_0 [..., N, 3, 3]; t float or [...]; s the time stepped to; mask [..., N] (0 = keep);
+        x0_var [..., N] (rad^2 per axis): the denoiser's Var(R_0 | R_t) where known, added with weight (1 - lam)^2.
+        """
+        t = as_time(t, rots_t, rots_t.shape[:-3])
+        check_target(t, s)
+        var_t = (self.sigma(t) ** 2)[..., None, None]  # [..., 1, 1]
+        var_s = self.sigma(torch.as_tensor(s, dtype=rots_t.dtype, device=rots_t.device)) ** 2
+        lam = var_s / var_t.clamp_min(torch.finfo(rots_t.dtype).tiny)
+        w = rotmat_to_rotvec(rots_0.transpose(-1, -2) @ rots_t)  # [..., N, 3]
+        z = torch.randn(w.shape, generator=generator, dtype=rots_t.dtype, device=rots_t.device)
+        var = (var_s * (1 - lam)).clamp_min(0)  # [..., 1, 1]
+        if x0_var is not None:
+            var = var + (1 - lam) ** 2 * x0_var[..., None]  # [..., N, 1]
+        rots = rots_0 @ rotvec_to_rotmat(lam * w + var.sqrt() * z)
         if mask is None:
             return rots
         return torch.where(mask.bool()[..., None, None], rots, rots_t)

@@ -30,3 +30,10 @@ def check_step(t: torch.Tensor, dt: float) -> None:
         raise ValueError(f"reverse step dt must be > 0, got {dt}")
     if bool((t - dt < -1e-6).any()):
         raise ValueError(f"reverse step dt={dt} goes below t = 0 (min t {t.min().item()})")
+
+
+def check_target(t: torch.Tensor, s: float) -> None:
+    """An ancestral step goes from every t down to the same earlier time 0 <= s < t."""
+    if not (s >= 0 and bool((t > s).all())):
+        raise ValueError(f"ancestral step must go to an earlier time 0 <= s < t, got s={s} for t in "
+                         f"[{t.min().item()}, {t.max().item()}]")

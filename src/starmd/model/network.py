@@ -16,11 +16,21 @@ Motion of the history (`context_motion`). Velocities are hidden in MD frames; wi
 also see that frame relative to the context frame before it (the same anchor-pose invariants, P_i^-1 T_i), i.e. a
 per-residue displacement, so a target attending to its history reads motion directly instead of differencing
 conformations across frames. A context frame's rigids still start from itself.
+
+The step's width (`step_std_init`). With it, a small head on each target token's final single also predicts the
+log width (A, rad) of that residue's next-frame law around the x0 prediction, and the denoiser is the posterior mean
+under that law (`SE3Diffuser.posterior_mean`, an EDM-style skip): at small diffusion time the x0 estimate follows the
+noisy frame itself, so sampled frames keep the width of the data. The widths are learned through the denoising loss
+(the posterior mean is its minimiser only at the true width). Off by default. With `step_modes` r > 0 the head
+also predicts r collective displacement modes U [N, r] (A), so the translation law's covariance is diag(s^2) + U U^T
+across residues: a frame's motion is correlated along the chain, and a diagonal law, measured on the known-answer
+system, put its width into independent per-residue jitter that broke CA-CA geometry.
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any, Callable
 
 import torch
@@ -32,7 +42,7 @@ from starmd.model.attention import BlockCausalLayout, relative_time_features
 from starmd.model.blocks import DiffusionBlock
 from starmd.model.cache import KVCache, StaticKVCache
 from starmd.model.frame_encoder import FrameEncoder
-from starmd.model.primitives import Linear
+from starmd.model.primitives import Linear, geometry_dtype
 
 # Rigids enter in Angstrom; the trunk works in nm, as AF2's structure module does, so IPA point distances are O(1).
 _NM_PER_ANGSTROM = 0.1
@@ -56,12 +66,18 @@ class StarMD(nn.Module):
                  n_heads: int = 4, c_hidden: int = 24, no_heads_ipa: int = 4, c_hidden_ipa: int = 16,
                  no_qk_points: int = 4, no_v_points: int = 8, transition_n: int = 2, c_time: int = 32,
                  c_phys_time: int = 16, n_rbf: int = 16, rbf_max: float = 20.0, neighbour_radius: float = 8.0,
-                 target_anchor: str = "previous", c_relative_time: int = 0, context_motion: bool = False) -> None:
+                 target_anchor: str = "previous", c_relative_time: int = 0, context_motion: bool = False,
+                 step_std_init: list[float] | None = None, step_modes: int = 0) -> None:
         super().__init__()
         if target_anchor not in ("previous", "self"):
             raise ValueError(f"model.target_anchor must be 'previous' or 'self', got {target_anchor!r}")
         if c_relative_time < 0 or c_relative_time % 2:
             raise ValueError(f"model.c_relative_time must be an even number >= 0 (0 = off), got {c_relative_time}")
+        if step_std_init is not None and (len(step_std_init) != 2 or min(step_std_init) <= 0):
+            raise ValueError(f"model.step_std_init must be [A, rad], both > 0 (or null = off), got {step_std_init}")
+        if step_modes < 0 or (step_modes and step_std_init is None):
+            raise ValueError(f"model.step_modes must be >= 0 and needs model.step_std_init, got {step_modes} with "
+                             f"step_std_init {step_std_init}")
         self.c_s_in, self.c_z_in, self.n_blocks = c_s_in, c_z_in, n_blocks
         self.target_anchor, self.c_relative_time, self.context_motion = target_anchor, c_relative_time, context_motion
         self.single_in = nn.Sequential(nn.LayerNorm(c_s_in), Linear(c_s_in, c_s))
@@ -72,6 +88,14 @@ class StarMD(nn.Module):
                            transition_n, update_pair=i < n_blocks - 1, c_relative_time=c_relative_time)
             for i in range(n_blocks)
         )
+        self.step_std = None
+        if step_std_init is not None:  # per-residue log width of the next frame's law; starts at step_std_init
+            self.step_std = Linear(c_s, 2, init="final")
+            with torch.no_grad():
+                self.step_std.bias.copy_(torch.tensor([math.log(v) for v in step_std_init]))
+        # collective modes of the translation step; random (not zero) init, since U U^T has no gradient at U = 0
+        self.step_modes = Linear(c_s, step_modes) if step_modes else None
+        self.step_mode_scale = step_std_init[0] if step_std_init is not None else 1.0
         # Recompute each diffusion block in the backward pass instead of keeping its activations (the per-frame pair
         # state dominates training memory); set from training.activation_checkpointing, not a model key: it changes
         # memory and time, never the numbers.
@@ -131,7 +155,9 @@ class StarMD(nn.Module):
             window: if set, each frame sees only the `window` most recent context frames (see block_causal_mask).
         Returns:
             dict(pred_rigids=Rigid [B, L, N] x0 prediction for every target frame (A),
-                 single=[B, L, N, c_s] final target singles).
+                 single=[B, L, N, c_s] final target singles[, step_log_std=[B, L, N, 2] with step_std_init]
+                 [, step_modes=[B, L, N, r] with step_modes]).
+            The denoiser's x0 is `SE3Diffuser.x0_estimate` of this.
         Target l depends only on context frames < l and on target l itself.
         """
         b, n_frames, n = tgt.shape
@@ -150,7 +176,18 @@ class StarMD(nn.Module):
         pred, s, _ = self._denoise(s0, z0, Rigid.cat([ctx, tgt], dim=1), Rigid.cat([ctx_anchor, tgt_anchor], dim=1),
                                    Rigid.cat([ctx, tgt_anchor], dim=1), torch.cat([ctx_t, tgt_t], dim=1),
                                    frame_time_ps.repeat(1, 2), delta_t_ps, res_mask, layout)
-        return {"pred_rigids": pred[:, n_frames:], "single": s[:, n_frames:]}
+        return self._outputs(pred[:, n_frames:], s[:, n_frames:], res_mask)
+
+    def _outputs(self, pred: Rigid, single: torch.Tensor, res_mask: torch.Tensor) -> dict:
+        out = {"pred_rigids": pred, "single": single}
+        if self.step_std is not None:  # >= fp32 (under autocast the head runs in bf16); clamped to 1e-3..20 A / rad
+            log_std = self.step_std(single)
+            out["step_log_std"] = log_std.to(geometry_dtype(log_std.dtype)).clamp(-7.0, 3.0)
+        if self.step_modes is not None:  # padding gets no mode weight, so it never couples to real residues
+            modes = self.step_modes(single) * self.step_mode_scale
+            mask = res_mask.to(modes.dtype).reshape(res_mask.shape[0], *([1] * (modes.dim() - 3)), res_mask.shape[1], 1)
+            out["step_modes"] = (modes * mask).to(geometry_dtype(modes.dtype))
+        return out
 
     # --- inference ----------------------------------------------------------------------------------------------
     def init_cache(self, single: torch.Tensor, pair: torch.Tensor, res_mask: torch.Tensor,
@@ -227,13 +264,13 @@ class StarMD(nn.Module):
             frame: Rigid [B, N] (A) at diffusion time t [B]; frame_time_ps [B] its physical time; frame_pass: a
             compiled `frame_pass` (None: eager).
         Returns:
-            dict(pred_rigids=Rigid [B, N] x0 prediction (A), single=[B, N, c_s]); equal to the full forward's
-            target l when the cache holds context frames 0..l-1.
+            dict(pred_rigids=Rigid [B, N] x0 prediction (A), single=[B, N, c_s][, step_log_std [B, N, 2]]); equal
+            to the full forward's target l when the cache holds context frames 0..l-1.
         """
         use_previous = self.target_anchor == "previous" and cache.last_frame is not None
         anchor = cache.last_frame if use_previous else frame
         pred, s, _ = self._single_frame(cache, frame, anchor, anchor, t, frame_time_ps, frame_pass)
-        return {"pred_rigids": pred, "single": s}
+        return self._outputs(pred, s, cache.res_mask)
 
     def append(self, cache: KVCache | StaticKVCache, frame: Rigid, tau: torch.Tensor, frame_time_ps: torch.Tensor,
                frame_pass: Callable[..., Any] | None = None) -> None:

@@ -16,6 +16,7 @@ class RolloutConfig:
     n_samples: int = 2  # independent trajectories, sampled as one batch
     steps: int = 200  # reverse-diffusion steps per frame (paper: 200)
     t_min: float = 0.01  # reverse diffusion runs from t = 1 to t_min
+    reverse: str = "euler"  # reverse step: "euler" (Euler-Maruyama on the score) or "ancestral" (q(x_s | x_t, x0))
     tau: float = 0.05  # contextual noise (diffusion time) added to each finished frame before it is cached; 0 = off
     context_window: int = 0  # K most recent frames held in the KV cache; 0 = all frames
     seed: int = 0
@@ -38,6 +39,8 @@ class RolloutConfig:
             raise ValueError(f"rollout.delta_t_ps must be > 0 ps, got {self.delta_t_ps}")
         if not 0 < self.t_min < 1:
             raise ValueError(f"rollout.t_min must be in (0, 1), got {self.t_min}")
+        if self.reverse not in ("euler", "ancestral"):
+            raise ValueError(f"rollout.reverse must be 'euler' or 'ancestral', got {self.reverse!r}")
         if not 0 <= self.tau < 1:
             raise ValueError(f"rollout.tau must be in [0, 1), got {self.tau}")
         if self.context_window < 0:

@@ -19,8 +19,9 @@ from starmd.model.network import StarMD
 class Context(Protocol):
     peak_nbytes: int  # largest KV-cache size reached (0 when nothing is cached)
 
-    def denoise(self, frame: Rigid, t: torch.Tensor, frame_time_ps: torch.Tensor) -> Rigid:
-        """x0 prediction Rigid [B, N] for a noisy frame [B, N] at diffusion time t [B], time frame_time_ps [B]."""
+    def denoise(self, frame: Rigid, t: torch.Tensor, frame_time_ps: torch.Tensor) -> dict:
+        """The network's output for a noisy frame [B, N] at diffusion time t [B], time frame_time_ps [B]:
+        pred_rigids Rigid [B, N] (A)[, step_log_std [B, N, 2]] (`SE3Diffuser.x0_estimate` turns it into x0)."""
 
     def append(self, frame: Rigid, tau: torch.Tensor, frame_time_ps: torch.Tensor) -> None:
         """Add a finished frame [B, N], already re-noised to diffusion time tau [B], to the context."""
@@ -43,8 +44,8 @@ class CachedContext:
         self.frame_pass = model.compile_frame_pass(res_mask.device, self.cache.shape_count()) if compiled else None
         self.peak_nbytes = 0
 
-    def denoise(self, frame: Rigid, t: torch.Tensor, frame_time_ps: torch.Tensor) -> Rigid:
-        return self.model.step(self.cache, frame, t, frame_time_ps, self.frame_pass)["pred_rigids"]
+    def denoise(self, frame: Rigid, t: torch.Tensor, frame_time_ps: torch.Tensor) -> dict:
+        return self.model.step(self.cache, frame, t, frame_time_ps, self.frame_pass)
 
     def append(self, frame: Rigid, tau: torch.Tensor, frame_time_ps: torch.Tensor) -> None:
         self.model.append(self.cache, frame, tau, frame_time_ps, self.frame_pass)
@@ -68,7 +69,7 @@ class RecomputedContext:
         self.taus: list[torch.Tensor] = []  # each [B]
         self.times: list[torch.Tensor] = []  # each [B]
 
-    def denoise(self, frame: Rigid, t: torch.Tensor, frame_time_ps: torch.Tensor) -> Rigid:
+    def denoise(self, frame: Rigid, t: torch.Tensor, frame_time_ps: torch.Tensor) -> dict:
         n_ctx = len(self.frames)
         ctx = Rigid.stack(self.frames + [frame], dim=1)  # [B, l + 1, N]; slot l is a placeholder
         ctx_t = torch.stack(self.taus + [t], dim=1)  # [B, l + 1]
@@ -77,7 +78,7 @@ class RecomputedContext:
         times = torch.stack(self.times + [frame_time_ps], dim=1)  # [B, l + 1]
         out = self.model(self.single, self.pair, ctx, ctx_t, tgt, tgt_t, times, self.delta_t_ps, self.res_mask,
                          window=self.window)
-        return out["pred_rigids"][:, n_ctx]
+        return {k: v[:, n_ctx] for k, v in out.items()}
 
     def append(self, frame: Rigid, tau: torch.Tensor, frame_time_ps: torch.Tensor) -> None:
         self.frames.append(frame)

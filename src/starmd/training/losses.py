@@ -2,7 +2,8 @@
 
 Per window: target diffusion times t ~ U[t_min, 1] and contextual-noise times tau ~ U[0, tau_max], one per frame.
 Context frames are the clean frames re-noised to tau (tau_max = 0: exactly clean, the ablation); targets are noised
-to t. The network predicts x0 for every target; the losses follow FrameDiff:
+to t. The network predicts x0 for every target (with `model.step_std_init`, x0 is the posterior mean around its
+prediction, `SE3Diffuser.x0_estimate`); the losses follow FrameDiff:
   rot   |(s_rot(R_t | R_0) - s_rot(R_t | R_0_pred)) / rot_score_scaling(t)|^2  (IGSO3 score matching, O(1) at all t)
   trans |(x0_pred - x0) * coordinate_scaling|^2                                (x0 loss in nm)
   dist  (|x_a - x_b|_pred - |x_a - x_b|) ^ 2 * coordinate_scaling^2 over atom pairs closer than dist_loss_cutoff
@@ -71,7 +72,7 @@ def compute_loss(model: torch.nn.Module, diffuser: Any, batch: dict[str, torch.T
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda"):
         out = model(batch["single"], batch["pair"], ctx, tau, tgt, t, batch["frame_time_ps"], batch["delta_t_ps"],
                     res_mask, window=cfg.context_window or None)
-    pred: Rigid = out["pred_rigids"]  # [B, L, N] x0 prediction (A)
+    pred = diffuser.x0_estimate(out, tgt, t)  # [B, L, N] x0 (A): the prediction, or the posterior mean around it
     mask = res_mask[:, None, :].expand(b, n_frames, -1)  # [B, L, N]
     if not cfg.train_first_target and n_frames > 1:  # target 0 sees no context, which never happens at inference
         mask = mask * (torch.arange(n_frames, device=device) > 0).to(mask.dtype)[None, :, None]

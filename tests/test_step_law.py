@@ -1,0 +1,221 @@
+"""The denoiser with a learned step width (`model.step_std_init`) and the ancestral reverse step (`rollout.reverse`).
+
+With a Gaussian next-frame law the posterior mean is the exact denoiser, and the ancestral sampler fed with it (and
+its variance) draws the law's exact width at any number of steps: what issue 13's narrow rollouts need. Checked
+against Monte-Carlo draws of the forward process, through the rollout's own `denoise_frame`, through the loss and
+through the network's cache path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import pytest
+import torch
+
+from starmd.diffusion import SE3Diffuser
+from starmd.geometry import Rigid, random_rotation, rotmat_to_rotvec, rotvec_to_rotmat
+from starmd.model.network import StarMD, model_hparams
+from starmd.rollout.config import RolloutConfig
+from starmd.rollout.sampler import denoise_frame
+from starmd.training.config import TrainingConfig
+from starmd.training.losses import compute_loss
+from test_model_network import C_S_IN, C_Z_IN, TINY, inputs, tiny_model
+from test_training_losses import FixedPrediction, batch  # noqa: F401  (module fixture)
+
+F64 = torch.float64
+
+
+@pytest.fixture(scope="module")
+def diffuser() -> SE3Diffuser:
+    return SE3Diffuser()
+
+
+def _gaussian_frames(n_draws: int, n: int, s: torch.Tensor, r: float, g: torch.Generator) -> tuple[Rigid, Rigid]:
+    """A fixed mean M [N] and n_draws clean frames x0 = M + s eps (A), R0 = M exp(r z)."""
+    mean = Rigid(random_rotation((n,), g, dtype=F64), 5.0 * torch.randn(n, 3, generator=g, dtype=F64))
+    trans = mean.trans + s[:, None] * torch.randn(n_draws, n, 3, generator=g, dtype=F64)
+    rots = mean.rots @ rotvec_to_rotmat(r * torch.randn(n_draws, n, 3, generator=g, dtype=F64))
+    return mean.expand(n_draws, n), Rigid(rots, trans)
+
+
+@pytest.mark.parametrize("t", [0.005, 0.05, 0.3])
+def test_posterior_mean_is_the_conditional_expectation_for_gaussian_frames(diffuser, t):
+    """x0 - E[x0 | x_t] is uncorrelated with x_t and has the variance `posterior_var` says (translations exactly,
+    rotations in the small-angle regime the law is meant for)."""
+    g = torch.Generator().manual_seed(0)
+    n, draws = 6, 40_000
+    s = torch.tensor([0.1, 0.2, 0.3, 0.5, 0.8, 1.2], dtype=F64)
+    r = 0.05
+    mean, x0 = _gaussian_frames(draws, n, s, r, g)
+    noisy = diffuser.forward_marginal(x0, t, g)["rigids_t"]
+    log_std = torch.stack([s.log(), torch.full((n,), math.log(r), dtype=F64)], -1).expand(draws, n, 2)
+    est = diffuser.posterior_mean(mean, log_std, noisy, t)
+    var_trans, var_rot = (v[0] for v in diffuser.posterior_var(log_std, t))  # [N] each
+
+    resid = x0.trans - est.trans  # [D, N, 3]
+    centred_xt = noisy.trans - noisy.trans.mean(0)
+    corr = (resid * centred_xt).mean(0) / (resid.std(0) * centred_xt.std(0))
+    assert corr.abs().max() < 0.03  # 4 sigma of a zero correlation over 40k draws
+    torch.testing.assert_close(resid.var(0).mean(-1), var_trans, rtol=0.04, atol=0)
+
+    rot_resid = rotmat_to_rotvec(est.rots.transpose(-1, -2) @ x0.rots)  # [D, N, 3] body frame
+    torch.testing.assert_close(rot_resid.pow(2).mean((0, 2)), var_rot, rtol=0.06, atol=0)
+
+
+@pytest.mark.parametrize("t", [0.01, 0.1])
+def test_posterior_mean_with_collective_modes_is_the_conditional_expectation(diffuser, t):
+    """Translations correlated along the chain (diag(s^2) + U U^T): the residual is uncorrelated with x_t and its
+    covariance across residues is `posterior_var`'s matrix; the diagonal law would leave correlation behind."""
+    g = torch.Generator().manual_seed(4)
+    n, draws = 6, 60_000
+    s = torch.full((n,), 0.1, dtype=F64)
+    modes = torch.tensor([[0.3], [0.35], [0.4], [0.4], [0.35], [0.3]], dtype=F64)  # one collective mode (A)
+    mean = Rigid(random_rotation((n,), g, dtype=F64), 5.0 * torch.randn(n, 3, generator=g, dtype=F64))
+    eps = s[:, None] * torch.randn(draws, n, 3, generator=g, dtype=F64)
+    trans = mean.trans + eps + modes[None] @ torch.randn(draws, 1, 3, generator=g, dtype=F64)
+    x0 = Rigid(mean.rots.expand(draws, n, 3, 3), trans)
+    noisy = diffuser.forward_marginal(x0, t, g)["rigids_t"]
+    log_std = torch.stack([s.log(), torch.full((n,), math.log(0.05), dtype=F64)], -1).expand(draws, n, 2)
+    u = modes.expand(draws, n, 1)
+    est = diffuser.posterior_mean(mean.expand(draws, n), log_std, noisy, t, u)
+    resid = x0.trans - est.trans  # [D, N, 3]
+    xt = noisy.trans - noisy.trans.mean(0)
+    cross = torch.einsum("dic,djc->ij", resid, xt) / (draws * 3)  # E[resid_i x_t,j]
+    scale = resid.std() * xt.std()
+    assert (cross / scale).abs().max() < 0.02
+    cov = torch.einsum("dic,djc->ij", resid, resid) / (draws * 3)
+    expected = diffuser.posterior_var(log_std[:1], t, u[:1])[0][0]
+    torch.testing.assert_close(cov, expected, rtol=0, atol=0.06 * expected.diag().max().item())
+    diagonal = diffuser.posterior_mean(mean.expand(draws, n), log_std, noisy, t)  # ignores the modes
+    diag_cross = torch.einsum("dic,djc->ij", x0.trans - diagonal.trans, xt) / (draws * 3)
+    assert (diag_cross / scale).abs().max() > 0.05
+
+
+def test_posterior_mean_limits(diffuser):
+    """Near t = 0 the estimate is the noisy frame itself; at t = 1 it is the network's mean."""
+    g = torch.Generator().manual_seed(1)
+    mean, x0 = _gaussian_frames(4, 5, torch.full((5,), 0.3, dtype=F64), 0.1, g)
+    log_std = torch.tensor([math.log(0.3), math.log(0.1)], dtype=F64).expand(4, 5, 2)
+    tiny = diffuser.posterior_mean(mean, log_std, x0, 1e-7)
+    assert (tiny.trans - x0.trans).abs().max() < 1e-4 and (tiny.rots - x0.rots).abs().max() < 1e-3
+    noisy = diffuser.forward_marginal(x0, 1.0, g)["rigids_t"]
+    far = diffuser.posterior_mean(mean, log_std, noisy, 1.0)
+    assert (far.trans - mean.trans).abs().max() < 1e-3 and (far.rots - mean.rots).abs().max() < 0.05
+    out = {"pred_rigids": mean}
+    assert diffuser.x0_estimate(out, noisy, 0.5) is mean  # no width predicted: x0 is the prediction
+
+
+class ExactGaussian:
+    """The exact denoiser of a known next-frame law N(mean, s^2 I + U U^T) x IGSO3-like(r), as a rollout context."""
+
+    def __init__(self, mean: Rigid, s: float, r: float | None, modes: torch.Tensor | None = None) -> None:
+        self.mean, self.s, self.r, self.modes = mean, s, r, modes
+
+    def denoise(self, frame: Rigid, t: torch.Tensor, frame_time_ps: torch.Tensor) -> dict:
+        if self.r is None:
+            return {"pred_rigids": self.mean}
+        b, n = self.mean.shape
+        log_std = torch.tensor([math.log(self.s), math.log(self.r)], dtype=self.mean.dtype).expand(b, n, 2)
+        out = {"pred_rigids": self.mean, "step_log_std": log_std}
+        if self.modes is not None:
+            out["step_modes"] = self.modes.expand(b, *self.modes.shape)
+        return out
+
+
+@pytest.mark.parametrize("steps", [3, 20])
+def test_ancestral_sampler_draws_the_exact_width_from_an_exact_denoiser(diffuser, steps):
+    """Through the rollout's denoise_frame: sampled frames have the law's mean and width (translation std x
+    sqrt(1 - 1/N) for the centring), whatever the number of reverse steps."""
+    g = torch.Generator().manual_seed(2)
+    b, n, s, r = 400, 10, 0.2, 0.1
+    mean = Rigid(random_rotation((b, n), g, dtype=F64), 3.0 * torch.randn(b, n, 3, generator=g, dtype=F64))
+    cfg = RolloutConfig(steps=steps, t_min=0.01, reverse="ancestral")
+    out = denoise_frame(ExactGaussian(mean, s, r), diffuser, 100.0, (b, n), cfg, g, F64, torch.device("cpu"),
+                        contextlib.nullcontext)
+    dx = out.trans - (mean.trans - mean.trans.mean(-2, keepdim=True))
+    assert dx.mean().abs() < 0.01
+    assert dx.std().item() / s == pytest.approx(math.sqrt(1 - 1 / n), rel=0.03)
+    w = rotmat_to_rotvec(mean.rots.transpose(-1, -2) @ out.rots)
+    assert w.std().item() / r == pytest.approx(1.0, rel=0.04)
+
+
+def test_ancestral_sampler_draws_correlated_steps_from_an_exact_denoiser_with_modes(diffuser):
+    """With a collective mode, sampled frames carry its covariance across residues (the chain moves together)."""
+    g = torch.Generator().manual_seed(5)
+    b, n, s, r = 2000, 6, 0.05, 0.1
+    modes = torch.tensor([[0.3], [0.35], [0.4], [-0.4], [-0.35], [-0.3]], dtype=F64)  # zero mean: centring keeps it
+    mean = Rigid(random_rotation((n,), g, dtype=F64).expand(b, n, 3, 3), torch.zeros(b, n, 3, dtype=F64))
+    cfg = RolloutConfig(steps=10, t_min=0.01, reverse="ancestral")
+    out = denoise_frame(ExactGaussian(mean, s, r, modes), diffuser, 100.0, (b, n), cfg, g, F64,
+                        torch.device("cpu"), contextlib.nullcontext)
+    cov = torch.einsum("dic,djc->ij", out.trans, out.trans) / (b * 3)
+    centre = torch.eye(n, dtype=F64) - 1 / n
+    expected = centre @ (s**2 * torch.eye(n, dtype=F64) + modes @ modes.T) @ centre
+    torch.testing.assert_close(cov, expected, rtol=0, atol=0.1 * expected.diag().max().item())
+
+
+def test_ancestral_sampler_ends_on_the_prediction_when_no_width_is_known(diffuser):
+    """A network without step_std_init: the last ancestral draw is its x0 prediction (centred), as with Euler."""
+    g = torch.Generator().manual_seed(3)
+    b, n = 3, 7
+    mean = Rigid(random_rotation((b, n), g, dtype=F64), 3.0 * torch.randn(b, n, 3, generator=g, dtype=F64))
+    ends = [denoise_frame(ExactGaussian(mean, 0.0, None), diffuser, 100.0, (b, n),
+                          RolloutConfig(steps=5, reverse=rev), g, F64, torch.device("cpu"), contextlib.nullcontext)
+            for rev in ("ancestral", "euler")]
+    for end in ends:
+        torch.testing.assert_close(end.trans, mean.trans - mean.trans.mean(-2, keepdim=True))
+        torch.testing.assert_close(end.rots, mean.rots)
+
+
+def test_ancestral_step_checks_its_times(diffuser):
+    x = Rigid(random_rotation((2, 3), dtype=F64), torch.zeros(2, 3, 3, dtype=F64))
+    with pytest.raises(ValueError, match="earlier time"):
+        diffuser.reverse_ancestral(x, x, 0.3, 0.5, None)
+    with pytest.raises(ValueError, match="reverse must be"):
+        RolloutConfig(reverse="heun")
+
+
+def test_loss_charges_the_posterior_mean(diffuser, batch):  # noqa: F811
+    """With a width, the loss scores the posterior mean, not the raw prediction: the true frames predicted with
+    a tiny width cost ~0, with a large width (x0 then follows the noisy target) they do not."""
+    truth = Rigid(batch["rots"], batch["trans"])
+    cfg = TrainingConfig.from_dict({"dist_loss_weight": 0.0, "tau_max": 0.05})
+    losses = {}
+    for width in (1e-4, 5.0):
+        net = FixedPrediction(truth)
+        log_std = torch.full((*truth.shape, 2), math.log(width), dtype=F64)
+        net.forward = lambda *a, **k: {"pred_rigids": truth, "step_log_std": log_std}  # noqa: B023
+        losses[width] = compute_loss(net, diffuser, batch, cfg)
+    assert losses[1e-4]["trans"] < 1e-6 and losses[1e-4]["rot"] < 1e-3
+    assert losses[5.0]["trans"] > 1e-3
+
+
+def test_network_predicts_the_width_consistently_in_training_and_rollout():
+    """step_log_std starts at log(step_std_init), is [B, L, N, 2], depends on the input once trained (perturbed
+    weights), and the cached rollout step gives the full forward's value for target l."""
+    model = tiny_model(step_std_init=[0.3, 0.05])
+    x = inputs()
+    full = model(**x)["step_log_std"]
+    assert full.shape == (2, 3, 5, 2) and full.std() > 0
+    cache = model.init_cache(x["single"], x["pair"], x["res_mask"], x["delta_t_ps"])
+    for l in range(3):
+        step = model.step(cache, x["tgt"][:, l], x["tgt_t"][:, l], x["frame_time_ps"][:, l])["step_log_std"]
+        torch.testing.assert_close(step[x["res_mask"].bool()], full[:, l][x["res_mask"].bool()], rtol=0, atol=1e-10)
+        model.append(cache, x["ctx"][:, l], x["ctx_t"][:, l], x["frame_time_ps"][:, l])
+    fresh = StarMD(c_s_in=C_S_IN, c_z_in=C_Z_IN, **TINY, step_std_init=[0.3, 0.05]).to(F64)  # as built
+    start = fresh(**x)["step_log_std"]
+    torch.testing.assert_close(start, torch.tensor([math.log(0.3), math.log(0.05)], dtype=F64).expand_as(start))
+    assert "step_log_std" not in tiny_model()(**x)
+    with_modes = tiny_model(step_std_init=[0.3, 0.05], step_modes=3)
+    full = with_modes(**x)["step_modes"]
+    assert full.shape == (2, 3, 5, 3) and full[1, :, 0].abs().max() == 0 and full[0].abs().min() > 0  # padding: 0
+    cache = with_modes.init_cache(x["single"], x["pair"], x["res_mask"], x["delta_t_ps"])
+    step = with_modes.step(cache, x["tgt"][:, 0], x["tgt_t"][:, 0], x["frame_time_ps"][:, 0])["step_modes"]
+    torch.testing.assert_close(step, full[:, 0], rtol=0, atol=1e-10)
+    with pytest.raises(ValueError, match="step_modes"):
+        tiny_model(step_modes=2)
+    with pytest.raises(ValueError, match="step_std_init"):
+        tiny_model(step_std_init=[0.3])
+    assert model_hparams({"step_std_init": [0.3, 0.05]})["step_std_init"] == [0.3, 0.05]
