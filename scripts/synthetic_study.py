@@ -34,6 +34,7 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+CA_VALIDITY_TARGET = 0.95  # issue 13's target for the CA validity column
 COLUMNS = [("rmsf_r_exact", "RMSF r", "{:.2f}"), ("rmsf_ratio_exact", "RMSF ratio", "{:.2f}"),
            ("pairwise_rmsd_rel_error_exact", "pairwise RMSD err", "{:+.2f}"),
            ("acf_error_exact", "ACF err (3 modes)", "{:.3f}"),
@@ -116,20 +117,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def collect(spec: Path, out_root: Path) -> list[dict[str, Any]]:
+def _shown(path: Path) -> str:
+    """A path as the table records it: relative to the repository when inside it."""
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def collect(spec: Path, out_root: Path, previous: dict[str, dict]) -> list[dict[str, Any]]:
+    """One row per variant from its evaluation JSON; a variant not evaluated on this machine (an earlier session's
+    runs/) keeps its row from the last table (`previous`, by variant), else it is marked missing."""
     base, variants = load_spec(spec)
     rows = []
     for v in variants:
         name = variant_config(base, v)["synthetic"]["name"]
         path = out_root / v["name"] / "eval" / f"{name}.json"
         if not path.exists():
-            rows.append({"variant": v["name"], "change": v.get("change", ""), "missing": str(path.relative_to(ROOT))})
+            rows.append(previous.get(v["name"]) or {"variant": v["name"], "change": v.get("change", ""),
+                                                    "missing": _shown(path)})
             continue
         ev = json.loads(path.read_text())
         truth = ev["truth"]["metrics"]
-        row = {"variant": v["name"], "change": v.get("change", ""), "eval": str(path.relative_to(ROOT)),
+        row = {"variant": v["name"], "change": v.get("change", ""), "eval": _shown(path),
                "ca_validity": ev["metrics"]["ca_validity"]["model"],
                "acf_error_per_mode": ev["truth"]["curves"]["model"]["acf_error_per_mode"],
+               "acf_modes": ev["truth"]["curves"]["model"]["acf_modes"][:3],  # the figure's curves, kept with the row
                **{m: truth[m]["model"] for m, _, _ in COLUMNS},
                "md_segments": {m: truth[m]["oracle_segments"] for m, _, _ in COLUMNS},
                "meets": {m: truth[m]["model_meets_target"] for m, _, _ in COLUMNS}}
@@ -143,7 +153,9 @@ def cmd_table(args: argparse.Namespace) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = collect(args.spec, ROOT / args.out_root)
+    saved = args.out / "synthetic_study.json"
+    previous = {r["variant"]: r for r in json.loads(saved.read_text())} if saved.exists() else {}
+    rows = collect(args.spec, ROOT / args.out_root, previous)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "synthetic_study.json").write_text(json.dumps(rows, indent=2, sort_keys=True) + "\n")
     head = ["variant", "change", "CA validity"] + [c[1] for c in COLUMNS]
@@ -158,16 +170,16 @@ def cmd_table(args: argparse.Namespace) -> int:
             lines.append(f"| {r['variant']} | {r['change']} | (not run) |" + " |" * len(COLUMNS))
             continue
         cells = [fmt.format(r[m]) + ("" if r["meets"][m] else " ✗") for m, _, fmt in COLUMNS]
-        lines.append(f"| {r['variant']} | {r['change']} | {r['ca_validity']:.2f} | " + " | ".join(cells) + " |")
+        validity = f"{r['ca_validity']:.2f}" + ("" if r["ca_validity"] >= CA_VALIDITY_TARGET else " ✗")
+        lines.append(f"| {r['variant']} | {r['change']} | {validity} | " + " | ".join(cells) + " |")
     (args.out / "synthetic_study.md").write_text("\n".join(lines) + "\n")
-    if done:
+    curves = [r for r in done if "acf_modes" in r]  # rows from before the curves were kept have none
+    if curves:
         fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
         for k, ax in enumerate(axes):
-            first = json.loads((ROOT / done[0]["eval"]).read_text())["truth"]["curves"]
-            ax.plot(first["model"]["acf_modes"][k]["exact"], "k-", lw=2, label="exact")
-            for r in done:
-                acf = json.loads((ROOT / r["eval"]).read_text())["truth"]["curves"]["model"]["acf_modes"][k]["model"]
-                ax.plot(acf, lw=1, label=r["variant"])
+            ax.plot(curves[0]["acf_modes"][k]["exact"], "k-", lw=2, label="exact")
+            for r in curves:
+                ax.plot(r["acf_modes"][k]["model"], lw=1, label=r["variant"])
             ax.set_title(f"slow mode {k + 1}")
             ax.set_xlabel("lag (frames)")
         axes[0].set_ylabel("autocorrelation")
