@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from starmd.bench.cli import make_parser, setup
+from starmd.bench.cli import make_parser, start_benchmark
 from starmd.bench.machine import release_freed_memory
 from starmd.bench.results import save_figure, write_result
 from starmd.bench.workloads import peak_rss
@@ -72,14 +72,11 @@ def plot(rows: list[dict], path: Path) -> None:
     axes[1].set(xlabel="tokens 2 L N", ylabel="peak RSS increase (MiB)", xscale="log", yscale="log",
                 title="peak memory")
     axes[1].legend(fontsize=6)
-    fig.tight_layout()
     save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = make_parser(__doc__.split("\n")[0]).parse_args(argv)
-    settings = setup(args, SCHEMA)
-    started = time.perf_counter()
+    args, settings, started = start_benchmark(make_parser(__doc__.split("\n")[0]), argv, SCHEMA)
     cfg, model = settings["attention"], settings["paper_model"]
     torch.manual_seed(settings["seed"])
     layer = SpatioTemporalAttention(model["c_s"], model["n_heads"], model["c_hidden"])

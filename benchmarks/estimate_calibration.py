@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from starmd.bench.cli import make_parser, setup
+from starmd.bench.cli import make_parser, start_benchmark
 from starmd.bench.results import save_figure, write_result
 from starmd.estimate import model as rm
 from starmd.estimate.config import model_dims
@@ -103,16 +103,13 @@ def plot(rollout: list[dict], training: list[dict], validation: dict, path: Path
         ax.legend(fontsize=6)
     axes[2].set_xlabel("measured (held-out: whole rollouts, s)")
     fig.suptitle("estimate calibration: model vs measured (dotted: +-25%)", fontsize=9)
-    fig.tight_layout()
     save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser: argparse.ArgumentParser = make_parser(__doc__.split("\n")[0])
     parser.add_argument("--gpu-reference", type=Path, help="a GPU reference result with paper_model 'speed' rows")
-    args = parser.parse_args(argv)
-    settings = setup(args, SCHEMA)
-    started = time.perf_counter()
+    args, settings, started = start_benchmark(parser, argv, SCHEMA)
     cfg, fd, seed = settings["estimate_calibration"], settings["feature_dims"], settings["seed"]
     widths = {"paper": settings["paper_model"], "small": cfg["small_model"]}
     dims = {name: model_dims(kw, fd) for name, kw in widths.items()}

@@ -163,7 +163,6 @@ def plot(doc: dict, path: Path) -> None:
         axes[2].set(yscale="log", ylabel="ns/day (100 ps frames)", title="rollout speed")
     for ax in axes:
         ax.title.set_fontsize(9)
-    fig.tight_layout()
     save_figure(fig, path)
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from starmd.bench.cli import make_parser, setup
+from starmd.bench.cli import make_parser, start_benchmark
 from starmd.bench.results import save_figure, write_result
 from starmd.bench.synthetic import build_model, helix_frames, synthetic_features
 from starmd.geometry import Rigid
@@ -103,14 +103,11 @@ def plot(rows: list[dict], path: Path) -> None:
     ax1.set(xticks=list(x), xticklabels=labels, ylabel="projected static features (MiB)", title="static memory")
     for ax in (ax0, ax1):
         ax.legend(fontsize=8)
-    fig.tight_layout()
     save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = make_parser(__doc__.split("\n")[0]).parse_args(argv)
-    settings = setup(args, SCHEMA)
-    started = time.perf_counter()
+    args, settings, started = start_benchmark(make_parser(__doc__.split("\n")[0]), argv, SCHEMA)
     cfg = settings["inference_path"]
     model = build_model(settings["paper_model"], settings["feature_dims"], settings["seed"]).eval()
     rows = []

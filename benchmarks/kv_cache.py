@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from starmd.bench.cli import make_parser, setup
+from starmd.bench.cli import make_parser, start_benchmark
 from starmd.bench.machine import reset_peak_rss, rss_bytes
 from starmd.bench.results import loglog_slope, save_figure, write_result
 from starmd.bench.synthetic import build_model, helix_frames, n_parameters, synthetic_features
@@ -143,14 +143,11 @@ def plot(measured: list[dict], grid: list[dict], dims: dict, dtype_name: str, pa
                         "o: real model cache (StarMD.append, fp32 CPU); squares: pair cache allocated for real",
             transform=ax.transAxes, va="top", fontsize=7)
     ax.legend(fontsize=7, loc="lower right", title="colour", title_fontsize=7)
-    fig.tight_layout()
     save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = make_parser(__doc__.split("\n")[0]).parse_args(argv)
-    settings = setup(args, SCHEMA)
-    started = time.perf_counter()
+    args, settings, started = start_benchmark(make_parser(__doc__.split("\n")[0]), argv, SCHEMA)
     cfg = settings["kv_cache"]
     dtype = DTYPES[cfg["dtype"]]
     dims = model_dims(settings)

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from starmd.bench.cli import make_parser, setup
+from starmd.bench.cli import make_parser, start_benchmark
 from starmd.bench.results import save_figure, write_result
 from starmd.bench.synthetic import build_model
 from starmd.bench.workloads import synthetic_batch
@@ -105,14 +104,11 @@ def plot(rows: list[dict], path: Path) -> None:
               label="checkpointing (+ one block recompute)")
     ax.set(xlabel="B 2L N^2", ylabel="saved activations (MiB, fp32)", title="training activation memory (CPU)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
     save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = make_parser(__doc__.split("\n")[0]).parse_args(argv)
-    settings = setup(args, SCHEMA)
-    started = time.perf_counter()
+    args, settings, started = start_benchmark(make_parser(__doc__.split("\n")[0]), argv, SCHEMA)
     cfg_m = settings["memory"]
     gen = torch.Generator().manual_seed(settings["seed"])
     model = build_model(settings["paper_model"], settings["feature_dims"], settings["seed"]).train()

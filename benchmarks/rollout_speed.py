@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from starmd.bench.cli import make_parser, setup
+from starmd.bench.cli import make_parser, start_benchmark
 from starmd.bench.results import loglog_slope, save_figure, write_result
 from starmd.bench.workloads import timed_rollout
 from starmd.data.demo import DemoConfig, build_start_structure
@@ -146,16 +146,13 @@ def plot(proteins: list[dict], context: dict, hardware: str, path: Path) -> None
     ax1.legend(fontsize=7)
     for ax in (ax0, ax1):
         ax.title.set_fontsize(9)
-    fig.tight_layout()
     save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser(__doc__.split("\n")[0])
     parser.add_argument("--demo-json", required=True, help="JSON of the `demo` config section (the proteins)")
-    args = parser.parse_args(argv)
-    settings = setup(args, SCHEMA)
-    started = time.perf_counter()
+    args, settings, started = start_benchmark(parser, argv, SCHEMA)
     demo = DemoConfig.from_json(args.demo_json)
     if not demo.proteins:
         raise ValueError("--demo-json: demo.proteins is empty; the speed benchmark needs at least one protein")

@@ -13,14 +13,13 @@ tolerance below it cannot separate two step counts.
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import h5py
 import numpy as np
 import torch
 
-from starmd.bench.cli import make_parser, setup
+from starmd.bench.cli import make_parser, start_benchmark
 from starmd.bench.results import save_figure, write_result
 from starmd.data.residues import sequence_to_aatype
 from starmd.diffusion import SE3Diffuser
@@ -98,7 +97,6 @@ def plot(rows: list[dict], recommended: int | None, path: Path) -> None:
     twin.set(ylabel="rollout wall time (s)", yscale="log")
     handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
     ax.legend(handles, [h.get_label() for h in handles], fontsize=7, loc="center right")
-    fig.tight_layout()
     save_figure(fig, path)
 
 
@@ -107,9 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", required=True, type=Path, help="runs/{run}/checkpoints/final.pt")
     parser.add_argument("--features", required=True, type=Path, help="data/features/{featurizer}/{name}.h5")
     parser.add_argument("--frames", required=True, type=Path, help="data/frames/{name}.h5 (start + MD reference)")
-    args = parser.parse_args(argv)
-    settings = setup(args, SCHEMA)
-    started = time.perf_counter()
+    args, settings, started = start_benchmark(parser, argv, SCHEMA)
     cfg = settings["sampling_steps"]
     for p in (args.checkpoint, args.features, args.frames):
         if not p.is_file():

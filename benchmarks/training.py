@@ -8,10 +8,9 @@ step runs one pass over L context + L target frames, so attention covers 2 L N t
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
-from starmd.bench.cli import make_parser, setup
+from starmd.bench.cli import make_parser, start_benchmark
 from starmd.bench.results import loglog_slope, save_figure, write_result
 from starmd.bench.synthetic import build_model, n_parameters
 from starmd.bench.workloads import timed_training
@@ -42,14 +41,11 @@ def plot(memory: dict[str, list[dict]], throughput: dict[str, dict], path: Path)
     ax1.set_xticks(all_l, [str(l) for l in all_l])
     ax1.minorticks_off()
     ax1.legend(fontsize=7)
-    fig.tight_layout()
     save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = make_parser(__doc__.split("\n")[0]).parse_args(argv)
-    settings = setup(args, SCHEMA)
-    started = time.perf_counter()
+    args, settings, started = start_benchmark(make_parser(__doc__.split("\n")[0]), argv, SCHEMA)
     cfg = settings["training"]
     common = {"feature_dims": settings["feature_dims"], "n_res": cfg["n_res"], "batch_size": cfg["batch_size"],
               "seed": settings["seed"], "threads": settings["threads"]}

@@ -34,7 +34,7 @@ import torch
 import yaml
 
 from slurm_cluster import SlurmCluster, missing_reason
-from training_data import TINY_MODEL
+from training_data import TINY_MODEL, tiny_demo_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "slurm"
@@ -43,20 +43,8 @@ TEST_ACCOUNT = "starmdtest"
 
 # Raw MD -> frames -> features -> train -> rollout (and one ablation point) in a few minutes on 2 shared cores.
 TINY = {
-    "dataset": "demo",
+    **tiny_demo_dataset(),
     "run": RUN,
-    "demo": {
-        "proteins": [
-            {"name": "tinya_A", "sequence": "GAWKA", "split": "train"},
-            {"name": "tinyb_A", "sequence": "AEWKG", "split": "test"},
-        ],
-        "equilibration_ps": 0.0,
-        "production_ps": 2.0,
-        "frame_interval_ps": 0.5,
-        "minimize_max_iterations": 50,
-    },
-    "frames": {"stride": 1},
-    "features": {"featurizer": "offline"},
     "model": TINY_MODEL,
     # long enough to outlast slurmctld's 30 s time-limit check after the first checkpoint (about 1 minute on an idle
     # core, 4 on 2 busy ones); checkpoints often, so an interruption loses little

@@ -19,26 +19,14 @@ import pytest
 import torch
 import yaml
 
-from training_data import TINY_MODEL
+from training_data import TINY_MODEL, tiny_demo_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 TINY_DEMO = {
-    "dataset": "demo",
+    **tiny_demo_dataset(),
     "run": "tiny",
-    "demo": {
-        "proteins": [
-            {"name": "tinya_A", "sequence": "GAWKA", "split": "train"},
-            {"name": "tinyb_A", "sequence": "AEWKG", "split": "test"},
-        ],
-        "equilibration_ps": 0.0,
-        "production_ps": 2.0,
-        "frame_interval_ps": 0.5,
-        "minimize_max_iterations": 50,
-    },
-    "frames": {"stride": 1},
-    "features": {"featurizer": "offline"},
     "rollout": {"delta_t_ps": 0.5},  # the MD's frame spacing: a trained Delta-t (checked at workflow start)
 }
 # The steps after training at their smallest: 4 rollout frames at the MD's 0.5 ps, a 2-point tau ablation over

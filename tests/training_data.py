@@ -55,6 +55,27 @@ TINY_MODEL = {"c_s": 16, "c_z": 8, "n_blocks": 2, "n_heads": 2, "c_hidden": 8, "
               "no_qk_points": 2, "no_v_points": 2, "c_time": 8, "c_phys_time": 8, "n_rbf": 8}
 
 
+def tiny_demo_dataset() -> dict:
+    """Config keys of the smallest demo dataset a real snakemake run carries through every rule: two 5-residue
+    proteins (one train, one test), 2 ps of MD each at 0.5 ps frames, offline features (tests/test_workflow.py,
+    tests/test_slurm_profile.py). A new dict on every call, so a test cannot change another's."""
+    return {
+        "dataset": "demo",
+        "demo": {
+            "proteins": [
+                {"name": "tinya_A", "sequence": "GAWKA", "split": "train"},
+                {"name": "tinyb_A", "sequence": "AEWKG", "split": "test"},
+            ],
+            "equilibration_ps": 0.0,
+            "production_ps": 2.0,
+            "frame_interval_ps": 0.5,
+            "minimize_max_iterations": 50,
+        },
+        "frames": {"stride": 1},
+        "features": {"featurizer": "offline"},
+    }
+
+
 def make_two_proteins(root: Path) -> tuple[list[Path], list[Path]]:
     """Two peptides of different lengths (10 and 13 residues; padding and cropping both happen), 12 frames x 2."""
     a = make_protein(root, "pa_A", "ACDEFGHIKL", n_frames=12, seed=1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -26,3 +27,11 @@ def setup(args: argparse.Namespace, schema_path: Path) -> dict:
     settings = load_settings(args.config_json, schema_path)
     torch.set_num_threads(settings["threads"])
     return settings
+
+
+def start_benchmark(parser: argparse.ArgumentParser, argv: list[str] | None, schema_path: Path
+          ) -> tuple[argparse.Namespace, dict, float]:
+    """Every benchmark's first lines: parsed arguments, validated settings (`setup`) and the start time for the
+    result's wall_s."""
+    args = parser.parse_args(argv)
+    return args, setup(args, schema_path), time.perf_counter()

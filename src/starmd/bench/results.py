@@ -30,9 +30,10 @@ def write_result(path: str | Path, *, benchmark: str, settings: dict, results: d
 
 
 def save_figure(fig, path: str | Path) -> None:
-    """Save a matplotlib figure atomically (the format follows the suffix)."""
+    """Lay the figure out (tight_layout) and save it atomically (the format follows the suffix)."""
     import matplotlib.pyplot as plt
 
+    fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=150, format=Path(path).suffix.lstrip("."))
     plt.close(fig)
