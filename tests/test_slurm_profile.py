@@ -19,8 +19,10 @@ partition names already match the test cluster's `cpu` and `gpu`. On the command
 from __future__ import annotations
 
 import io
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -212,6 +214,40 @@ def _wait(what: str, ready, timeout_s: float = 900) -> None:
         time.sleep(0.5)
 
 
+def _freeze(cluster: SlurmCluster, job_id: str) -> list[int]:
+    """SIGSTOP every process of a running job (`scontrol listpids`; one node, so they are local): SLURM still sees
+    it RUNNING, but it makes no progress, so a signal SLURM sends later finds the trainer alive however fast this
+    machine trains (an idle machine finished the tiny training before slurmctld's next 30 s time-limit check)."""
+    out = cluster.run("scontrol", "listpids", job_id).stdout
+    pids = [int(line.split()[0]) for line in out.splitlines() if line.split() and line.split()[0].isdigit()]
+    assert pids, f"scontrol listpids {job_id} listed no process:\n{out}"
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    return pids
+
+
+def _signalled_or_resumed(pids: list[int]) -> bool:
+    """A SIGTERM is pending on one of the frozen processes, or SLURM continued or ended them itself (its kill
+    sequence sends SIGCONT before SIGTERM)."""
+    for pid in pids:
+        try:
+            status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+        except FileNotFoundError:
+            return True
+        pending = int(status["SigPnd"], 16) | int(status["ShdPnd"], 16)
+        if pending & (1 << (signal.SIGTERM - 1)) or not status["State"].strip().startswith("T"):
+            return True
+    return False
+
+
+def _thaw(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+
+
 def _steps_logged(metrics: Path) -> int:
     return len(metrics.read_text().splitlines()) if metrics.exists() else 0
 
@@ -251,7 +287,10 @@ def test_timed_out_and_requeued_training_resumes_to_the_uninterrupted_checkpoint
         # periodic check (every 30 s), so training must still have more than that to go
         _wait("the first checkpoint", lambda: len(train_jobs()) == 1 and last.exists())
         [first] = train_jobs()
+        frozen = _freeze(cluster, first)  # held until SLURM's warning signal is on its way
         cluster.run("scontrol", "update", f"JobId={first}", "TimeLimit=1")
+        _wait("the TERM@300 warning signal", lambda: _signalled_or_resumed(frozen), timeout_s=120)
+        _thaw(frozen)
         _wait("the time-limited job to end", lambda: cluster.job(first)["JobState"] not in ("RUNNING", "PENDING"),
               timeout_s=600)
         stopped_at = _steps_logged(metrics)
@@ -259,8 +298,11 @@ def test_timed_out_and_requeued_training_resumes_to_the_uninterrupted_checkpoint
         _wait("the resubmitted job", lambda: len(train_jobs()) == 2)
         second = train_jobs()[1]
         _wait("training to resume and progress", lambda: _steps_logged(metrics) > stopped_at + 5)
-        cluster.run("scontrol", "requeue", second)
+        frozen = _freeze(cluster, second)  # so it cannot finish before the requeue reaches it
         requeued_at = _steps_logged(metrics)
+        cluster.run("scontrol", "requeue", second)
+        _wait("the requeue's signal", lambda: _signalled_or_resumed(frozen), timeout_s=120)
+        _thaw(frozen)
         out, _ = proc.communicate(timeout=1800)
     finally:
         done.set()
