@@ -173,7 +173,7 @@ def held_out(cfg: dict, fd: dict, seed: int, fitted: dict) -> dict:
     kw = cfg["validation_model"]
     dims = model_dims(kw, fd)
     cal = rm.Calibration(Path("."), fitted["rollout_memory"], fitted["training_memory"], fitted["rollout_time"],
-                         fitted["training_time"], fitted["model_dims"], fitted["training_memory_checkpointed"],
+                         fitted["training_time"], fitted["training_memory_checkpointed"],
                          fitted["training_time_checkpointed"])
     rollouts = []
     for n_res, n_frames, steps, batch in cfg["validation_rollouts"]:

@@ -91,19 +91,15 @@ class SE3Diffuser:
         [..., N]; t float or [...]; modes [..., N, r] (A) or None. Returns Rigid [..., N]; exact for Gaussian data
         with the right m and law.
         """
-        t = as_time(t, rigids_t.trans, rigids_t.shape[:-1])[..., None]  # [..., 1]
-        var_trans, var_rot = torch.exp(2 * prior_log_std).unbind(-1)  # [..., N] each
-        alpha = self.r3.alpha_t(t)
-        noise_var = self.r3.conditional_var(t) / self.r3.coordinate_scaling**2  # A^2
+        var_trans, var_rot, alpha, noise_var, sigma2 = self._law_terms(prior_log_std, t)
         residual = rigids_t.trans - alpha[..., None] * prior_mean.trans  # [..., N, 3]
         if modes is None:
             trans = prior_mean.trans + (alpha * var_trans / (alpha**2 * var_trans + noise_var))[..., None] * residual
         else:
             cov = self._step_cov(var_trans, modes)  # [..., N, N]
-            eye = torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
-            solved = torch.linalg.solve(alpha[..., None] ** 2 * cov + noise_var[..., None] * eye, residual)
+            solved = torch.linalg.solve(self._observed_cov(cov, alpha, noise_var), residual)
             trans = prior_mean.trans + alpha[..., None] * (cov @ solved)
-        k_rot = var_rot / (var_rot + self.so3.sigma(t) ** 2)
+        k_rot = var_rot / (var_rot + sigma2)
         offset = rotmat_to_rotvec(prior_mean.rots.transpose(-1, -2) @ rigids_t.rots)  # [..., N, 3] body frame
         return Rigid(prior_mean.rots @ rotvec_to_rotmat(k_rot[..., None] * offset), trans)
 
@@ -112,24 +108,32 @@ class SE3Diffuser:
         """diag(s^2) + U U^T [..., N, N] (A^2) from s^2 [..., N] and modes U [..., N, r]."""
         return torch.diag_embed(var_trans) + modes @ modes.transpose(-1, -2)
 
+    def _law_terms(self, prior_log_std: torch.Tensor, t: torch.Tensor | float) -> tuple[torch.Tensor, ...]:
+        """What posterior_mean and posterior_var share: the law's variances s^2, r^2 [..., N], and alpha_t, the
+        translation noise variance v(t) (A^2) and the rotation noise sigma(t)^2, each [..., 1]."""
+        t = as_time(t, prior_log_std, prior_log_std.shape[:-2])[..., None]  # [..., 1]
+        var_trans, var_rot = torch.exp(2 * prior_log_std).unbind(-1)  # [..., N] each
+        noise_var = self.r3.conditional_var(t) / self.r3.coordinate_scaling**2
+        return var_trans, var_rot, self.r3.alpha_t(t), noise_var, self.so3.sigma(t) ** 2
+
+    @staticmethod
+    def _observed_cov(cov: torch.Tensor, alpha: torch.Tensor, noise_var: torch.Tensor) -> torch.Tensor:
+        """alpha^2 S + v I [..., N, N]: the covariance of x_t around alpha m."""
+        eye = torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
+        return alpha[..., None] ** 2 * cov + noise_var[..., None] * eye
+
     def posterior_var(self, prior_log_std: torch.Tensor, t: torch.Tensor | float,
                       modes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Var(x0 | x_t) under the Gaussian law of `posterior_mean`: translations s^2 v / (alpha^2 s^2 + v) [..., N]
         (A^2), or with modes the covariance v S (alpha^2 S + v I)^-1 [..., N, N]; rotations r^2 sigma^2 / (r^2 +
         sigma^2) [..., N] (rad^2 per axis)."""
-        t = as_time(t, prior_log_std, prior_log_std.shape[:-2])[..., None]  # [..., 1]
-        var_trans, var_rot = torch.exp(2 * prior_log_std).unbind(-1)
-        alpha = self.r3.alpha_t(t)
-        noise_var = self.r3.conditional_var(t) / self.r3.coordinate_scaling**2
-        sigma2 = self.so3.sigma(t) ** 2
+        var_trans, var_rot, alpha, noise_var, sigma2 = self._law_terms(prior_log_std, t)
         if modes is None:
             trans = var_trans * noise_var / (alpha**2 * var_trans + noise_var)
         else:
             cov = self._step_cov(var_trans, modes)
-            eye = torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
-            trans = noise_var[..., None] * torch.linalg.solve(alpha[..., None] ** 2 * cov + noise_var[..., None] * eye,
-                                                              cov)  # symmetric: S and A commute
-            trans = 0.5 * (trans + trans.transpose(-1, -2))
+            trans = noise_var[..., None] * torch.linalg.solve(self._observed_cov(cov, alpha, noise_var), cov)
+            trans = 0.5 * (trans + trans.transpose(-1, -2))  # exactly symmetric (S and alpha^2 S + v I commute)
         return trans, var_rot * sigma2 / (var_rot + sigma2)
 
     def x0_estimate(self, out: Mapping[str, Any], rigids_t: Rigid, t: torch.Tensor | float) -> Rigid:

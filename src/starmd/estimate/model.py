@@ -137,7 +137,6 @@ class Calibration:
     training_memory: dict[str, float]
     rollout_time: dict[str, dict[str, float]]  # device -> coefficients
     training_time: dict[str, dict[str, float]]
-    dims: dict  # the model the memory constants were measured on
     # with training.activation_checkpointing (blocks recomputed in backward: less memory, more time)
     training_memory_checkpointed: dict[str, float]
     training_time_checkpointed: dict[str, dict[str, float]]
@@ -154,7 +153,7 @@ class Calibration:
             raise ValueError(f"estimate calibration {path}: not a bench_estimate_calibration result ({exc})") from None
         try:
             cal = cls(path, fitted["rollout_memory"], fitted["training_memory"], fitted["rollout_time"],
-                      fitted["training_time"], fitted["model_dims"], fitted["training_memory_checkpointed"],
+                      fitted["training_time"], fitted["training_memory_checkpointed"],
                       fitted["training_time_checkpointed"])
         except KeyError as exc:
             raise ValueError(f"estimate calibration {path}: no {exc} (made by an older version); rerun `snakemake "
