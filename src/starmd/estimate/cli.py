@@ -19,7 +19,7 @@ def estimate_rows(config: dict, cal: rm.Calibration, device: str) -> list[dict]:
     """One row per protein: rollout (n_samples trajectories of n_frames) and training (a cropped window batch)."""
     dims = model_dims(config["model"], feature_dims(config))
     ro, tr = config["rollout"], config["training"]
-    checkpointing = bool(tr.get("activation_checkpointing", False))
+    checkpointing = tr["activation_checkpointing"]
     rows = []
     for name, info in sorted(protein_lengths(config).items()):
         n = info["n_res"]
@@ -33,7 +33,7 @@ def estimate_rows(config: dict, cal: rm.Calibration, device: str) -> list[dict]:
             "train_bytes": rm.training_peak_bytes(cal, dims, n_train, tr["num_frames"], tr["batch_size"],
                                                   checkpointing)["total"],
             "train_s": rm.training_seconds(cal, dims, device, n_train, tr["num_frames"], tr["batch_size"],
-                                           tr["steps"] * tr.get("grad_accum", 1), checkpointing),
+                                           tr["steps"] * tr["grad_accum"], checkpointing),
         })
     return rows
 

@@ -116,19 +116,19 @@ def training_step(model_kwargs: dict, feature_dims: dict, n_res: int, n_frames: 
 
     def backward() -> None:
         compute_loss(model, diffuser, data, cfg)["loss"].backward()
-        model.zero_grad(set_to_none=True)
 
     optimizer, _ = build_optimizer(model, cfg)
     ema = build_ema(model, cfg)
 
     def step() -> None:  # what the training loop does per optimizer step (one micro-batch)
-        compute_loss(model, diffuser, data, cfg)["loss"].backward()
+        backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         ema.update_parameters(model)
 
     with PeakTensorBytes() as tracker:
         backward()
+        model.zero_grad(set_to_none=True)
     seconds = _median_seconds(step, repeats)
     return {"n_res": n_res, "n_frames": n_frames, "batch": batch, "checkpointing": checkpointing,
             "activation_bytes": tracker.peak, "step_s": seconds}
