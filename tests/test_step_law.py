@@ -16,6 +16,7 @@ import torch
 
 from starmd.diffusion import SE3Diffuser
 from starmd.geometry import Rigid, random_rotation, rotmat_to_rotvec, rotvec_to_rotmat
+from starmd.geometry.elastic import anm_hessian
 from starmd.model.network import StarMD, model_hparams
 from starmd.rollout.config import RolloutConfig
 from starmd.rollout.sampler import denoise_frame
@@ -93,6 +94,37 @@ def test_posterior_mean_with_collective_modes_is_the_conditional_expectation(dif
     assert (diag_cross / scale).abs().max() > 0.05
 
 
+def _elastic_precision(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A chain of n points 3.8 A apart (bent at random) and its elastic law: precision 1/s^2 I + kappa H [3N, 3N]."""
+    steps = torch.nn.functional.normalize(torch.randn(n - 1, 3, generator=g, dtype=F64) + torch.tensor([3.0, 0, 0],
+                                          dtype=F64), dim=-1)
+    xyz = torch.cat([torch.zeros(1, 3, dtype=F64), 3.8 * steps.cumsum(0)])
+    springs = (torch.cdist(xyz, xyz) < 8.0).to(F64)
+    return xyz, torch.eye(3 * n, dtype=F64) / 0.3**2 + 50.0 * anm_hessian(xyz, springs)
+
+
+@pytest.mark.parametrize("t", [0.01, 0.1])
+def test_posterior_mean_with_an_elastic_precision_is_the_conditional_expectation(diffuser, t):
+    """A law given by its precision over all 3N coordinates (`model.step_elastic`): the residual is uncorrelated
+    with x_t and its covariance is `posterior_var`'s [3N, 3N] matrix."""
+    g = torch.Generator().manual_seed(6)
+    n, draws = 5, 60_000
+    xyz, precision = _elastic_precision(n, g)
+    chol = torch.linalg.cholesky(torch.linalg.inv(precision))
+    x0 = Rigid(random_rotation((n,), g, dtype=F64).expand(draws, n, 3, 3),
+               xyz + (chol @ torch.randn(draws, 3 * n, 1, generator=g, dtype=F64))[..., 0].unflatten(-1, (n, 3)))
+    noisy = diffuser.forward_marginal(x0, t, g)["rigids_t"]
+    log_std = torch.full((draws, n, 2), math.log(0.3), dtype=F64)
+    mean = Rigid(x0.rots, xyz.expand(draws, n, 3))
+    est = diffuser.posterior_mean(mean, log_std, noisy, t, precision=precision.expand(draws, 3 * n, 3 * n))
+    resid = (x0.trans - est.trans).flatten(-2)  # [D, 3N]
+    xt = (noisy.trans - noisy.trans.mean(0)).flatten(-2)
+    cross = resid.T @ xt / draws
+    assert (cross / (resid.std() * xt.std())).abs().max() < 0.02
+    expected = diffuser.posterior_var(log_std[:1], t, precision=precision[None])[0][0]
+    torch.testing.assert_close(resid.T @ resid / draws, expected, rtol=0, atol=0.05 * expected.diag().max().item())
+
+
 def test_posterior_mean_limits(diffuser):
     """Near t = 0 the estimate is the noisy frame itself; at t = 1 it is the network's mean."""
     g = torch.Generator().manual_seed(1)
@@ -110,8 +142,9 @@ def test_posterior_mean_limits(diffuser):
 class ExactGaussian:
     """The exact denoiser of a known next-frame law N(mean, s^2 I + U U^T) x IGSO3-like(r), as a rollout context."""
 
-    def __init__(self, mean: Rigid, s: float, r: float | None, modes: torch.Tensor | None = None) -> None:
-        self.mean, self.s, self.r, self.modes = mean, s, r, modes
+    def __init__(self, mean: Rigid, s: float, r: float | None, modes: torch.Tensor | None = None,
+                 precision: torch.Tensor | None = None) -> None:
+        self.mean, self.s, self.r, self.modes, self.precision = mean, s, r, modes, precision
 
     def denoise(self, frame: Rigid, t: torch.Tensor, frame_time_ps: torch.Tensor) -> dict:
         if self.r is None:
@@ -121,6 +154,8 @@ class ExactGaussian:
         out = {"pred_rigids": self.mean, "step_log_std": log_std}
         if self.modes is not None:
             out["step_modes"] = self.modes.expand(b, *self.modes.shape)
+        if self.precision is not None:
+            out["step_precision"] = self.precision.expand(b, *self.precision.shape)
         return out
 
 
@@ -156,6 +191,24 @@ def test_ancestral_sampler_draws_correlated_steps_from_an_exact_denoiser_with_mo
     torch.testing.assert_close(cov, expected, rtol=0, atol=0.1 * expected.diag().max().item())
 
 
+def test_ancestral_sampler_draws_the_elastic_law_from_an_exact_denoiser(diffuser):
+    """With an elastic precision the sampled frames carry its [3N, 3N] covariance: bonds stay stiff, the chain bends."""
+    g = torch.Generator().manual_seed(7)
+    b, n = 3000, 5
+    xyz, precision = _elastic_precision(n, g)
+    xyz = xyz - xyz.mean(0)
+    mean = Rigid(random_rotation((n,), g, dtype=F64).expand(b, n, 3, 3), xyz.expand(b, n, 3))
+    cfg = RolloutConfig(steps=10, t_min=0.01, reverse="ancestral")
+    out = denoise_frame(ExactGaussian(mean, 0.3, 0.1, precision=precision), diffuser, 100.0, (b, n), cfg, g, F64,
+                        torch.device("cpu"), contextlib.nullcontext)
+    dx = (out.trans - xyz).flatten(-2)  # [B, 3N]
+    centre = torch.kron(torch.eye(n, dtype=F64) - 1 / n, torch.eye(3, dtype=F64))
+    expected = centre @ torch.linalg.inv(precision) @ centre
+    torch.testing.assert_close(dx.T @ dx / b, expected, rtol=0, atol=0.08 * expected.diag().max().item())
+    bond = (out.trans[:, 1:] - out.trans[:, :-1]).norm(dim=-1)  # CA-CA distances stay near 3.8 A
+    assert bond.std(0).max() < 0.5 * 0.3 * math.sqrt(2)  # well under independent 0.3 A jitter of both ends
+
+
 def test_ancestral_sampler_ends_on_the_prediction_when_no_width_is_known(diffuser):
     """A network without step_std_init: the last ancestral draw is its x0 prediction (centred), as with Euler."""
     g = torch.Generator().manual_seed(3)
@@ -184,9 +237,7 @@ def test_loss_charges_the_posterior_mean(diffuser, batch):  # noqa: F811
     cfg = TrainingConfig.from_dict({"dist_loss_weight": 0.0, "tau_max": 0.05})
     losses = {}
     for width in (1e-4, 5.0):
-        net = FixedPrediction(truth)
-        log_std = torch.full((*truth.shape, 2), math.log(width), dtype=F64)
-        net.forward = lambda *a, **k: {"pred_rigids": truth, "step_log_std": log_std}  # noqa: B023
+        net = FixedPrediction(truth, step_log_std=torch.full((*truth.shape, 2), math.log(width), dtype=F64))
         losses[width] = compute_loss(net, diffuser, batch, cfg)
     assert losses[1e-4]["trans"] < 1e-6 and losses[1e-4]["rot"] < 1e-3
     assert losses[5.0]["trans"] > 1e-3
@@ -216,6 +267,18 @@ def test_network_predicts_the_width_consistently_in_training_and_rollout():
     torch.testing.assert_close(step, full[:, 0], rtol=0, atol=1e-10)
     with pytest.raises(ValueError, match="step_modes"):
         tiny_model(step_modes=2)
+    elastic = tiny_model(step_std_init=[0.3, 0.05], step_elastic=[8.0, 20.0])
+    full = elastic(**x)["step_precision"]  # [B, L, 3N, 3N]
+    assert full.shape == (2, 3, 15, 15)
+    torch.testing.assert_close(full, full.transpose(-1, -2))
+    assert torch.linalg.eigvalsh(full).min() > 0
+    padded = full[1].unflatten(-1, (5, 3)).unflatten(-3, (5, 3))[:, 0, :, 1:]  # residue 0 of protein 1 is padding
+    assert padded.abs().max() == 0  # no spring to a padded residue
+    cache = elastic.init_cache(x["single"], x["pair"], x["res_mask"], x["delta_t_ps"])
+    step = elastic.step(cache, x["tgt"][:, 0], x["tgt_t"][:, 0], x["frame_time_ps"][:, 0])["step_precision"]
+    torch.testing.assert_close(step[0], full[0, 0], rtol=0, atol=1e-8)
+    with pytest.raises(ValueError, match="step_elastic"):
+        tiny_model(step_elastic=[8.0, 20.0])
     with pytest.raises(ValueError, match="step_std_init"):
         tiny_model(step_std_init=[0.3])
     assert model_hparams({"step_std_init": [0.3, 0.05]})["step_std_init"] == [0.3, 0.05]

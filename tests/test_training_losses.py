@@ -18,14 +18,15 @@ from training_data import make_two_proteins
 
 
 class FixedPrediction(torch.nn.Module):
-    """Stands in for the network: returns a given x0 prediction, so the loss itself is what is tested."""
+    """Stands in for the network: returns a given x0 prediction (and any other outputs, e.g. a step law), so the
+    loss itself is what is tested."""
 
-    def __init__(self, pred: Rigid) -> None:
+    def __init__(self, pred: Rigid, **outputs: torch.Tensor) -> None:
         super().__init__()
-        self.pred = pred
+        self.pred, self.outputs = pred, outputs
 
     def forward(self, *args, **kwargs) -> dict:
-        return {"pred_rigids": self.pred}
+        return {"pred_rigids": self.pred, **self.outputs}
 
 
 @pytest.fixture(scope="module")

@@ -32,8 +32,10 @@ from typing import Any
 
 import numpy as np
 import scipy.linalg
+import torch
 
 from starmd.config import dataclass_section
+from starmd.geometry.elastic import anm_hessian
 from starmd.io import atomic_dir, write_json
 
 log = logging.getLogger(__name__)
@@ -123,15 +125,9 @@ def hessian(xyz_nm: np.ndarray, cutoff_nm: float, k: float, local_cutoff_nm: flo
             ) -> np.ndarray:
     """Anisotropic-network Hessian [3M, 3M] (kJ/mol/nm^2) of springs k between atoms closer than cutoff, k x
     local_factor for those closer than local_cutoff."""
-    m = len(xyz_nm)
-    diff = xyz_nm[None] - xyz_nm[:, None]  # [M, M, 3]
-    d = np.linalg.norm(diff, axis=-1)
-    contact = (d < cutoff_nm) & ~np.eye(m, dtype=bool)
-    kk = np.where(d < local_cutoff_nm, k * local_factor, k) * contact  # [M, M]
-    e = diff / np.where(d > 0, d, 1.0)[..., None]
-    blocks = -kk[..., None, None] * e[..., :, None] * e[..., None, :]  # [M, M, 3, 3] off-diagonal
-    blocks[np.arange(m), np.arange(m)] = -blocks.sum(axis=1)
-    return blocks.transpose(0, 2, 1, 3).reshape(3 * m, 3 * m)
+    d = np.linalg.norm(xyz_nm[None] - xyz_nm[:, None], axis=-1)  # [M, M]
+    kk = np.where(d < local_cutoff_nm, k * local_factor, k) * (d < cutoff_nm)  # [M, M]; the diagonal is ignored
+    return anm_hessian(torch.from_numpy(np.asarray(xyz_nm, dtype=np.float64)), torch.from_numpy(kk)).numpy()
 
 
 @dataclass(frozen=True)

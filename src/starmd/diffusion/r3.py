@@ -112,7 +112,8 @@ class R3Diffuser:
         stays stable where Euler-Maruyama overshoots (dt b(t) > 1 - alpha_t^2 near t = 0 on a coarse grid).
 
         Args as `reverse` with x_0 [..., N, 3] (A) in place of the score and s the time stepped to (s = 0: x_0).
-        x0_var [..., N] or a covariance across residues [..., N, N] (A^2): the denoiser's uncertainty Var(x_0 | x_t)
+        x0_var [..., N], a covariance across residues [..., N, N] or over all coordinates [..., 3N, 3N] (A^2,
+        residue-major): the denoiser's uncertainty Var(x_0 | x_t)
         where it knows it (`posterior_var`), added through x_0's weight in the mean, so a Gaussian denoiser's draws
         are exact at any step size (Analytic-DPM); without it every step is too narrow by that term.
         """
@@ -127,10 +128,14 @@ class R3Diffuser:
         mean = weight_0 * self._scale(x_0) + alpha_ts * var_s / var_t * self._scale(x_t)
         var = var_ts * var_s / var_t
         z = torch.randn(x_t.shape, generator=generator, dtype=x_t.dtype, device=x_t.device)
-        if x0_var is not None and x0_var.dim() == x_t.dim():  # covariance across residues: correlated noise
+        if x0_var is not None and x0_var.dim() == x_t.dim():  # a covariance: correlated noise
             eye = torch.eye(x0_var.shape[-1], dtype=x_t.dtype, device=x_t.device)
-            cov = var * eye + weight_0**2 * self._scale(self._scale(x0_var))  # [..., N, N]
-            noise = torch.linalg.cholesky(cov + 1e-10 * eye) @ z
+            cov = var * eye + weight_0**2 * self._scale(self._scale(x0_var))  # [..., N, N] or [..., 3N, 3N]
+            chol = torch.linalg.cholesky(cov + 1e-10 * eye)
+            if x0_var.shape[-1] == x_t.shape[-2]:  # across residues, the same for each coordinate
+                noise = chol @ z
+            else:  # over all 3N coordinates
+                noise = (chol @ z.flatten(-2)[..., None])[..., 0].unflatten(-1, z.shape[-2:])
         else:
             if x0_var is not None:
                 var = var + weight_0**2 * self._scale(self._scale(x0_var))[..., None]  # [..., N, 1]

@@ -75,25 +75,31 @@ class SE3Diffuser:
         return self.so3.score(rots_t, rots_0, t)
 
     def posterior_mean(self, prior_mean: Rigid, prior_log_std: torch.Tensor, rigids_t: Rigid,
-                       t: torch.Tensor | float, modes: torch.Tensor | None = None) -> Rigid:
+                       t: torch.Tensor | float, modes: torch.Tensor | None = None,
+                       precision: torch.Tensor | None = None) -> Rigid:
         """E[x0 | x_t] when each residue's clean frame is Gaussian around prior_mean: the denoiser with a skip
         connection (EDM's c_skip), used when the network predicts the next frame's law (`model.step_std_init`).
 
         Translations x0 ~ N(m, s^2 I) (A) and x_t = alpha x0 + noise of variance v(t) (A^2) give
         x0 = m + k (x_t - alpha m), k = alpha s^2 / (alpha^2 s^2 + v); with collective modes U [..., N, r] the
-        covariance across residues is S = diag(s^2) + U U^T (per coordinate) and k = alpha S (alpha^2 S + v I)^-1.
+        covariance across residues is S = diag(s^2) + U U^T (per coordinate) and k = alpha S (alpha^2 S + v I)^-1;
+        with a precision P over the 3N coordinates (the elastic law) x0 = m + (P + alpha^2/v I)^-1 alpha/v (x_t - alpha m).
         Rotations R0 = M exp(w) with w ~ N(0, r^2 I) (body frame, small angles) and IGSO3(sigma(t)) noise give
         R0 = M exp(k_r log(M^T R_t)), k_r = r^2 / (r^2 + sigma^2). At large t this is the network's mean; as t -> 0
         it is the noisy frame itself, so the sampled frame keeps the width the data have instead of collapsing onto
         m (issue 13's narrow step).
 
         Args: prior_mean Rigid [..., N] (A); prior_log_std [..., N, 2] (log s in A, log r in rad); rigids_t Rigid
-        [..., N]; t float or [...]; modes [..., N, r] (A) or None. Returns Rigid [..., N]; exact for Gaussian data
-        with the right m and law.
+        [..., N]; t float or [...]; modes [..., N, r] (A) or None; precision [..., 3N, 3N] (A^-2, coordinates
+        ordered residue-major) or None. Returns Rigid [..., N]; exact for Gaussian data with the right m and law.
         """
         var_trans, var_rot, alpha, noise_var, sigma2 = self._law_terms(prior_log_std, t)
         residual = rigids_t.trans - alpha[..., None] * prior_mean.trans  # [..., N, 3]
-        if modes is None:
+        if precision is not None:
+            flat = alpha / noise_var * residual.flatten(-2)  # [..., 3N]
+            solved = torch.linalg.solve(self._posterior_precision(precision, alpha, noise_var), flat[..., None])[..., 0]
+            trans = prior_mean.trans + solved.unflatten(-1, residual.shape[-2:])
+        elif modes is None:
             trans = prior_mean.trans + (alpha * var_trans / (alpha**2 * var_trans + noise_var))[..., None] * residual
         else:
             cov = self._step_cov(var_trans, modes)  # [..., N, N]
@@ -122,13 +128,23 @@ class SE3Diffuser:
         eye = torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
         return alpha[..., None] ** 2 * cov + noise_var[..., None] * eye
 
+    @staticmethod
+    def _posterior_precision(precision: torch.Tensor, alpha: torch.Tensor, noise_var: torch.Tensor) -> torch.Tensor:
+        """P + alpha^2 / v I [..., 3N, 3N]: the precision of x0 given x_t."""
+        eye = torch.eye(precision.shape[-1], dtype=precision.dtype, device=precision.device)
+        return precision + (alpha**2 / noise_var)[..., None] * eye
+
     def posterior_var(self, prior_log_std: torch.Tensor, t: torch.Tensor | float,
-                      modes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                      modes: torch.Tensor | None = None, precision: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
         """Var(x0 | x_t) under the Gaussian law of `posterior_mean`: translations s^2 v / (alpha^2 s^2 + v) [..., N]
-        (A^2), or with modes the covariance v S (alpha^2 S + v I)^-1 [..., N, N]; rotations r^2 sigma^2 / (r^2 +
-        sigma^2) [..., N] (rad^2 per axis)."""
+        (A^2), with modes the covariance v S (alpha^2 S + v I)^-1 [..., N, N], with a precision P the covariance
+        (P + alpha^2 / v I)^-1 [..., 3N, 3N]; rotations r^2 sigma^2 / (r^2 + sigma^2) [..., N] (rad^2 per axis)."""
         var_trans, var_rot, alpha, noise_var, sigma2 = self._law_terms(prior_log_std, t)
-        if modes is None:
+        if precision is not None:
+            trans = torch.linalg.inv(self._posterior_precision(precision, alpha, noise_var))
+            trans = 0.5 * (trans + trans.transpose(-1, -2))
+        elif modes is None:
             trans = var_trans * noise_var / (alpha**2 * var_trans + noise_var)
         else:
             cov = self._step_cov(var_trans, modes)
@@ -138,10 +154,11 @@ class SE3Diffuser:
 
     def x0_estimate(self, out: Mapping[str, Any], rigids_t: Rigid, t: torch.Tensor | float) -> Rigid:
         """The denoiser's x0 from a StarMD output: its prediction, or the posterior mean around it when the network
-        also predicts the step's law (`step_log_std`, `step_modes`)."""
+        also predicts the step's law (`step_log_std`, `step_modes`, `step_precision`)."""
         if out.get("step_log_std") is None:
             return out["pred_rigids"]
-        return self.posterior_mean(out["pred_rigids"], out["step_log_std"], rigids_t, t, out.get("step_modes"))
+        return self.posterior_mean(out["pred_rigids"], out["step_log_std"], rigids_t, t, out.get("step_modes"),
+                                   out.get("step_precision"))
 
     def sample_ref(self, shape: tuple[int, ...], generator: torch.Generator | None,
                    dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Rigid:
@@ -162,8 +179,8 @@ class SE3Diffuser:
                           generator: torch.Generator | None, mask: torch.Tensor | None = None,
                           center: bool = True, x0_var: tuple[torch.Tensor, torch.Tensor] | None = None) -> Rigid:
         """One ancestral step t -> s of both parts, given the denoiser's x0 estimate (`rollout.reverse: ancestral`)
-        and, where known, its uncertainty x0_var = `posterior_var` (translations [..., N] or [..., N, N] in A^2,
-        rotations [..., N] in rad^2)."""
+        and, where known, its uncertainty x0_var = `posterior_var` (translations [..., N], [..., N, N] or
+        [..., 3N, 3N] in A^2, rotations [..., N] in rad^2)."""
         var_trans, var_rot = (None, None) if x0_var is None else x0_var
         trans = self.r3.reverse_ancestral(rigids_t.trans, rigids_0.trans, t, s, generator, mask=mask, center=center,
                                           x0_var=var_trans)

@@ -24,7 +24,12 @@ noisy frame itself, so sampled frames keep the width of the data. The widths are
 (the posterior mean is its minimiser only at the true width). Off by default. With `step_modes` r > 0 the head
 also predicts r collective displacement modes U [N, r] (A), so the translation law's covariance is diag(s^2) + U U^T
 across residues: a frame's motion is correlated along the chain, and a diagonal law, measured on the known-answer
-system, put its width into independent per-residue jitter that broke CA-CA geometry.
+system, put its width into independent per-residue jitter that broke CA-CA geometry. With `step_elastic`
+[cutoff A, stiffness A^-2] the translation law's precision is instead diag(1/s^2) + kappa H(m) over the 3N
+coordinates: H is the anisotropic elastic network of the predicted frame's CA atoms (springs between residues closer
+than the cutoff, smoothly switched off over 1 A) and kappa a learned stiffness. Modes stiffer than the per-residue
+width (bond stretching) then get the small variance 1 / (kappa lambda), softer ones (bending, the slow collective
+motion) the diffusive s^2: the shape of an overdamped step of an elastic network, with no mode to learn.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from starmd.geometry import Rigid
+from starmd.geometry.elastic import anm_hessian
 from starmd.model.attention import BlockCausalLayout, relative_time_features
 from starmd.model.blocks import DiffusionBlock
 from starmd.model.cache import KVCache, StaticKVCache
@@ -67,7 +73,8 @@ class StarMD(nn.Module):
                  no_qk_points: int = 4, no_v_points: int = 8, transition_n: int = 2, c_time: int = 32,
                  c_phys_time: int = 16, n_rbf: int = 16, rbf_max: float = 20.0, neighbour_radius: float = 8.0,
                  target_anchor: str = "previous", c_relative_time: int = 0, context_motion: bool = False,
-                 step_std_init: list[float] | None = None, step_modes: int = 0) -> None:
+                 step_std_init: list[float] | None = None, step_modes: int = 0,
+                 step_elastic: list[float] | None = None) -> None:
         super().__init__()
         if target_anchor not in ("previous", "self"):
             raise ValueError(f"model.target_anchor must be 'previous' or 'self', got {target_anchor!r}")
@@ -78,6 +85,11 @@ class StarMD(nn.Module):
         if step_modes < 0 or (step_modes and step_std_init is None):
             raise ValueError(f"model.step_modes must be >= 0 and needs model.step_std_init, got {step_modes} with "
                              f"step_std_init {step_std_init}")
+        if step_elastic is not None and (len(step_elastic) != 2 or min(step_elastic) <= 0 or step_std_init is None
+                                         or step_modes):
+            raise ValueError(f"model.step_elastic must be [cutoff A, stiffness A^-2], both > 0, with step_std_init "
+                             f"set and step_modes 0; got {step_elastic} (step_std_init {step_std_init}, "
+                             f"step_modes {step_modes})")
         self.c_s_in, self.c_z_in, self.n_blocks = c_s_in, c_z_in, n_blocks
         self.target_anchor, self.c_relative_time, self.context_motion = target_anchor, c_relative_time, context_motion
         self.single_in = nn.Sequential(nn.LayerNorm(c_s_in), Linear(c_s_in, c_s))
@@ -96,6 +108,10 @@ class StarMD(nn.Module):
         # collective modes of the translation step; random (not zero) init, since U U^T has no gradient at U = 0
         self.step_modes = Linear(c_s, step_modes) if step_modes else None
         self.step_mode_scale = step_std_init[0] if step_std_init is not None else 1.0
+        self.step_elastic_cutoff = None if step_elastic is None else step_elastic[0]
+        self.step_log_stiffness = None  # log kappa (A^-2), one learned number
+        if step_elastic is not None:
+            self.step_log_stiffness = nn.Parameter(torch.tensor(math.log(step_elastic[1])))
         # Recompute each diffusion block in the backward pass instead of keeping its activations (the per-frame pair
         # state dominates training memory); set from training.activation_checkpointing, not a model key: it changes
         # memory and time, never the numbers.
@@ -156,7 +172,8 @@ class StarMD(nn.Module):
         Returns:
             dict(pred_rigids=Rigid [B, L, N] x0 prediction for every target frame (A),
                  single=[B, L, N, c_s] final target singles[, step_log_std=[B, L, N, 2] with step_std_init]
-                 [, step_modes=[B, L, N, r] with step_modes]).
+                 [, step_modes=[B, L, N, r] with step_modes]
+                 [, step_precision=[B, L, 3N, 3N] (A^-2) with step_elastic]).
             The denoiser's x0 is `SE3Diffuser.x0_estimate` of this.
         Target l depends only on context frames < l and on target l itself.
         """
@@ -187,7 +204,19 @@ class StarMD(nn.Module):
             modes = self.step_modes(single) * self.step_mode_scale
             mask = res_mask.to(modes.dtype).reshape(res_mask.shape[0], *([1] * (modes.dim() - 3)), res_mask.shape[1], 1)
             out["step_modes"] = (modes * mask).to(geometry_dtype(modes.dtype))
+        if self.step_log_stiffness is not None:
+            out["step_precision"] = self._step_precision(out["pred_rigids"].trans, out["step_log_std"], res_mask)
         return out
+
+    def _step_precision(self, ca: torch.Tensor, log_std: torch.Tensor, res_mask: torch.Tensor) -> torch.Tensor:
+        """diag(1/s^2) + kappa H [..., 3N, 3N] (A^-2) from predicted CA positions [..., N, 3] (A): springs between
+        real residues closer than the cutoff (sigmoid switch 1 A wide, so the law is smooth in the prediction)."""
+        real = res_mask.to(ca.dtype).reshape(res_mask.shape[0], *([1] * (ca.dim() - 3)), res_mask.shape[1])
+        dist = torch.cdist(ca, ca)  # [..., N, N]
+        springs = torch.sigmoid(self.step_elastic_cutoff - dist) * real[..., :, None] * real[..., None, :]
+        hess = self.step_log_stiffness.exp().to(ca.dtype) * anm_hessian(ca, springs)
+        inv_var = torch.exp(-2 * log_std[..., 0])  # [..., N]
+        return hess + torch.diag_embed(inv_var.repeat_interleave(3, dim=-1))
 
     # --- inference ----------------------------------------------------------------------------------------------
     def init_cache(self, single: torch.Tensor, pair: torch.Tensor, res_mask: torch.Tensor,

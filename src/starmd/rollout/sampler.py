@@ -78,7 +78,8 @@ def denoise_frame(context: Context, diffuser: SE3Diffuser, frame_time_ps: float,
         if cfg.reverse == "ancestral":  # down the grid, then a last draw of x0 itself (its mean unless Var is known)
             x0_var = None
             if out.get("step_log_std") is not None:
-                var = diffuser.posterior_var(out["step_log_std"], t, out.get("step_modes"))
+                var = diffuser.posterior_var(out["step_log_std"], t, out.get("step_modes"),
+                                             out.get("step_precision"))
                 x0_var = (var[0].to(dtype), var[1].to(dtype))
             x = diffuser.reverse_ancestral(x, pred, t, ts[i + 1] if i + 1 < len(ts) else 0.0, generator,
                                            x0_var=x0_var)
