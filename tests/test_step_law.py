@@ -243,6 +243,26 @@ def test_loss_charges_the_posterior_mean(diffuser, batch):  # noqa: F811
     assert losses[5.0]["trans"] > 1e-3
 
 
+def test_elastic_precision_has_contact_and_bond_springs():
+    """`step_elastic`'s precision from predicted CA positions: diagonal 1/s^2 per coordinate, block (i, j) -k e e^T
+    with k = bond stiffness (chain neighbours) + contact stiffness x sigmoid(cutoff - d), nothing to padding."""
+    model = StarMD(c_s_in=C_S_IN, c_z_in=C_Z_IN, **TINY, step_std_init=[0.3, 0.05], step_elastic=[5.0, 2.0, 40.0])
+    model = model.to(F64)  # as built: the stiffnesses are their initial values
+    ca = torch.tensor([[0.0, 0, 0], [3.8, 0, 0], [7.6, 0, 0], [7.6, 3.8, 0]], dtype=F64)[None]  # [1, 4, 3]
+    log_std = torch.full((1, 4, 2), math.log(0.5), dtype=F64)
+    res_mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]], dtype=F64)  # residue 3 is padding
+    blocks = model._step_precision(ca, log_std, res_mask)[0].unflatten(-1, (4, 3)).unflatten(0, (4, 3))
+    e = torch.tensor([1.0, 0, 0], dtype=F64)
+    contact = 2.0 * torch.sigmoid(torch.tensor(5.0 - 3.8, dtype=F64))
+    torch.testing.assert_close(blocks[0, :, 1], -(40.0 + contact) * torch.outer(e, e))
+    far = 2.0 * torch.sigmoid(torch.tensor(5.0 - 7.6, dtype=F64))  # residues 0 and 2: contact spring only
+    torch.testing.assert_close(blocks[0, :, 2], -far * torch.outer(e, e))
+    assert blocks[2, :, 3].abs().max() == 0 and blocks[3, :, 2].abs().max() == 0
+    torch.testing.assert_close(blocks[3, :, 3], torch.eye(3, dtype=F64) / 0.25)
+    diag = blocks[0, :, 0]
+    torch.testing.assert_close(diag, torch.eye(3, dtype=F64) / 0.25 + (40.0 + contact + far) * torch.outer(e, e))
+
+
 def test_network_predicts_the_width_consistently_in_training_and_rollout():
     """step_log_std starts at log(step_std_init), is [B, L, N, 2], depends on the input once trained (perturbed
     weights), and the cached rollout step gives the full forward's value for target l."""
@@ -267,7 +287,7 @@ def test_network_predicts_the_width_consistently_in_training_and_rollout():
     torch.testing.assert_close(step, full[:, 0], rtol=0, atol=1e-10)
     with pytest.raises(ValueError, match="step_modes"):
         tiny_model(step_modes=2)
-    elastic = tiny_model(step_std_init=[0.3, 0.05], step_elastic=[8.0, 20.0])
+    elastic = tiny_model(step_std_init=[0.3, 0.05], step_elastic=[8.0, 20.0, 200.0])
     full = elastic(**x)["step_precision"]  # [B, L, 3N, 3N]
     assert full.shape == (2, 3, 15, 15)
     torch.testing.assert_close(full, full.transpose(-1, -2))
@@ -278,7 +298,7 @@ def test_network_predicts_the_width_consistently_in_training_and_rollout():
     step = elastic.step(cache, x["tgt"][:, 0], x["tgt_t"][:, 0], x["frame_time_ps"][:, 0])["step_precision"]
     torch.testing.assert_close(step[0], full[0, 0], rtol=0, atol=1e-8)
     with pytest.raises(ValueError, match="step_elastic"):
-        tiny_model(step_elastic=[8.0, 20.0])
+        tiny_model(step_elastic=[8.0, 20.0, 200.0])
     with pytest.raises(ValueError, match="step_std_init"):
         tiny_model(step_std_init=[0.3])
     assert model_hparams({"step_std_init": [0.3, 0.05]})["step_std_init"] == [0.3, 0.05]

@@ -25,9 +25,10 @@ noisy frame itself, so sampled frames keep the width of the data. The widths are
 also predicts r collective displacement modes U [N, r] (A), so the translation law's covariance is diag(s^2) + U U^T
 across residues: a frame's motion is correlated along the chain, and a diagonal law, measured on the known-answer
 system, put its width into independent per-residue jitter that broke CA-CA geometry. With `step_elastic`
-[cutoff A, stiffness A^-2] the translation law's precision is instead diag(1/s^2) + kappa H(m) over the 3N
-coordinates: H is the anisotropic elastic network of the predicted frame's CA atoms (springs between residues closer
-than the cutoff, smoothly switched off over 1 A) and kappa a learned stiffness. Modes stiffer than the per-residue
+[cutoff A, contact stiffness, bond stiffness A^-2] the translation law's precision is instead diag(1/s^2) + H(m)
+over the 3N coordinates: H is the anisotropic elastic network of the predicted frame's CA atoms, springs of one
+learned stiffness between residues closer than the cutoff (smoothly switched off over 1 A) plus springs of another
+between chain neighbours (the CA-CA bond, far stiffer in MD). Modes stiffer than the per-residue
 width (bond stretching) then get the small variance 1 / (kappa lambda), softer ones (bending, the slow collective
 motion) the diffusive s^2: the shape of an overdamped step of an elastic network, with no mode to learn.
 """
@@ -85,11 +86,11 @@ class StarMD(nn.Module):
         if step_modes < 0 or (step_modes and step_std_init is None):
             raise ValueError(f"model.step_modes must be >= 0 and needs model.step_std_init, got {step_modes} with "
                              f"step_std_init {step_std_init}")
-        if step_elastic is not None and (len(step_elastic) != 2 or min(step_elastic) <= 0 or step_std_init is None
+        if step_elastic is not None and (len(step_elastic) != 3 or min(step_elastic) <= 0 or step_std_init is None
                                          or step_modes):
-            raise ValueError(f"model.step_elastic must be [cutoff A, stiffness A^-2], both > 0, with step_std_init "
-                             f"set and step_modes 0; got {step_elastic} (step_std_init {step_std_init}, "
-                             f"step_modes {step_modes})")
+            raise ValueError(f"model.step_elastic must be [cutoff A, contact stiffness A^-2, bond stiffness A^-2], "
+                             f"all > 0, with step_std_init set and step_modes 0; got {step_elastic} (step_std_init "
+                             f"{step_std_init}, step_modes {step_modes})")
         self.c_s_in, self.c_z_in, self.n_blocks = c_s_in, c_z_in, n_blocks
         self.target_anchor, self.c_relative_time, self.context_motion = target_anchor, c_relative_time, context_motion
         self.single_in = nn.Sequential(nn.LayerNorm(c_s_in), Linear(c_s_in, c_s))
@@ -109,9 +110,9 @@ class StarMD(nn.Module):
         self.step_modes = Linear(c_s, step_modes) if step_modes else None
         self.step_mode_scale = step_std_init[0] if step_std_init is not None else 1.0
         self.step_elastic_cutoff = None if step_elastic is None else step_elastic[0]
-        self.step_log_stiffness = None  # log kappa (A^-2), one learned number
+        self.step_log_stiffness = None  # log (contact, bond) stiffness (A^-2), two learned numbers
         if step_elastic is not None:
-            self.step_log_stiffness = nn.Parameter(torch.tensor(math.log(step_elastic[1])))
+            self.step_log_stiffness = nn.Parameter(torch.tensor([math.log(v) for v in step_elastic[1:]]))
         # Recompute each diffusion block in the backward pass instead of keeping its activations (the per-frame pair
         # state dominates training memory); set from training.activation_checkpointing, not a model key: it changes
         # memory and time, never the numbers.
@@ -209,12 +210,17 @@ class StarMD(nn.Module):
         return out
 
     def _step_precision(self, ca: torch.Tensor, log_std: torch.Tensor, res_mask: torch.Tensor) -> torch.Tensor:
-        """diag(1/s^2) + kappa H [..., 3N, 3N] (A^-2) from predicted CA positions [..., N, 3] (A): springs between
-        real residues closer than the cutoff (sigmoid switch 1 A wide, so the law is smooth in the prediction)."""
+        """diag(1/s^2) + H [..., 3N, 3N] (A^-2) from predicted CA positions [..., N, 3] (A): contact springs between
+        real residues closer than the cutoff (sigmoid switch 1 A wide, so the law is smooth in the prediction) and
+        bond springs between real chain neighbours (i, i + 1)."""
         real = res_mask.to(ca.dtype).reshape(res_mask.shape[0], *([1] * (ca.dim() - 3)), res_mask.shape[1])
-        dist = torch.cdist(ca, ca)  # [..., N, N]
-        springs = torch.sigmoid(self.step_elastic_cutoff - dist) * real[..., :, None] * real[..., None, :]
-        hess = self.step_log_stiffness.exp().to(ca.dtype) * anm_hessian(ca, springs)
+        pairs = real[..., :, None] * real[..., None, :]  # [..., N, N]
+        n = ca.shape[-2]
+        neighbours = torch.ones(n - 1, dtype=ca.dtype, device=ca.device)
+        bonded = torch.diag_embed(neighbours, 1) + torch.diag_embed(neighbours, -1)  # [N, N]
+        contact, bond = self.step_log_stiffness.exp().to(ca.dtype).unbind()
+        springs = (contact * torch.sigmoid(self.step_elastic_cutoff - torch.cdist(ca, ca)) + bond * bonded) * pairs
+        hess = anm_hessian(ca, springs)
         inv_var = torch.exp(-2 * log_std[..., 0])  # [..., N]
         return hess + torch.diag_embed(inv_var.repeat_interleave(3, dim=-1))
 
