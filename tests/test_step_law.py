@@ -241,6 +241,14 @@ def test_loss_charges_the_posterior_mean(diffuser, batch):  # noqa: F811
         losses[width] = compute_loss(net, diffuser, batch, cfg)
     assert losses[1e-4]["trans"] < 1e-6 and losses[1e-4]["rot"] < 1e-3
     assert losses[5.0]["trans"] > 1e-3
+    # the distance loss charges the estimate (which follows the noisy target) or, with dist_loss_on: mean, the
+    # network's own prediction (here the truth: no distance error, whatever the width)
+    wide = FixedPrediction(truth, step_log_std=torch.full((*truth.shape, 2), math.log(5.0), dtype=F64))
+    charged = {on: compute_loss(wide, diffuser, batch, TrainingConfig.from_dict(
+        {"dist_loss_weight": 1.0, "dist_loss_t_max": 1.0, "dist_loss_on": on}))["dist"] for on in ("estimate", "mean")}
+    assert charged["estimate"] > 1e-4 and charged["mean"] < 1e-12
+    with pytest.raises(ValueError, match="dist_loss_on"):
+        TrainingConfig.from_dict({"dist_loss_on": "prediction"})
 
 
 def test_elastic_precision_has_contact_and_bond_springs():

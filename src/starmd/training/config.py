@@ -38,6 +38,7 @@ class TrainingConfig:
     dist_loss_atoms: str = "backbone"  # "backbone" (N, CA, C; FrameDiff) or "ca"
     dist_loss_cutoff: float = 6.0  # Angstrom: only pairs closer than this in the clean frame
     dist_loss_t_max: float = 0.25  # only target frames with t below this (near-clean predictions)
+    dist_loss_on: str = "estimate"  # "estimate" (the denoiser's x0) or "mean" (the network's m; differs with a step law)
     lr: float = 1e-4
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
@@ -68,6 +69,8 @@ class TrainingConfig:
             raise ValueError(f"training.centre must be 'per_frame' or 'first_frame', got {self.centre!r}")
         if self.dist_loss_atoms not in ("backbone", "ca"):
             raise ValueError(f"training.dist_loss_atoms must be 'backbone' or 'ca', got {self.dist_loss_atoms!r}")
+        if self.dist_loss_on not in ("estimate", "mean"):
+            raise ValueError(f"training.dist_loss_on must be 'estimate' or 'mean', got {self.dist_loss_on!r}")
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"training.schedule must be 'cosine' or 'constant', got {self.schedule!r}")
         if not 0 < self.t_min < 1:

@@ -10,6 +10,8 @@ prediction, `SE3Diffuser.x0_estimate`); the losses follow FrameDiff:
         in the clean frame, for targets with t < dist_loss_t_max (auxiliary, FrameDiff's distance-matrix loss);
         atoms: N, CA, C of every residue placed by the frames (`dist_loss_atoms: backbone`), or CA only (`ca`).
         Through N and C the loss sees the rotations, so it also fixes the peptide bonds C(i)-N(i+1).
+        It charges the x0 estimate, or with `dist_loss_on: mean` the network's own prediction m: with a step law the
+        estimate follows the noisy frame at small t by design, and charging its distances pulls the width down.
 Each part is a masked mean over a window's residues and frames, then a plain mean over windows, so the mean of
 per-rank losses (what DDP's gradient averaging computes) equals the loss of the global batch.
 
@@ -89,7 +91,8 @@ def compute_loss(model: torch.nn.Module, diffuser: Any, batch: dict[str, torch.T
     parts = {"rot": _masked_mean(rot, mask).mean(), "trans": _masked_mean(trans, mask).mean()}
     loss = cfg.rot_loss_weight * parts["rot"] + cfg.trans_loss_weight * parts["trans"]
     if cfg.dist_loss_weight > 0:
-        x_true, x_pred = (_loss_atoms(r, cfg.dist_loss_atoms) for r in (rigids_0, pred))  # [B, L, N A, 3]
+        charged = pred if cfg.dist_loss_on == "estimate" else out["pred_rigids"]
+        x_true, x_pred = (_loss_atoms(r, cfg.dist_loss_atoms) for r in (rigids_0, charged))  # [B, L, N A, 3]
         atom_mask = mask.repeat_interleave(x_true.shape[-2] // mask.shape[-1], dim=-1)  # [B, L, N A]
         d_true = torch.cdist(x_true, x_true)  # [B, L, N A, N A]
         d_pred = torch.cdist(x_pred, x_pred)
