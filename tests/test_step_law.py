@@ -125,6 +125,30 @@ def test_posterior_mean_with_an_elastic_precision_is_the_conditional_expectation
     torch.testing.assert_close(resid.T @ resid / draws, expected, rtol=0, atol=0.05 * expected.diag().max().item())
 
 
+def test_x0_law_shares_one_factorisation_and_matches_the_dense_solution(diffuser):
+    """The sampler's `x0_law` (one Cholesky factor for mean and covariance) equals the textbook formulas
+    x0 = m + (P + alpha^2/v I)^-1 alpha/v (x_t - alpha m) and Var = (P + alpha^2/v I)^-1, and `x0_estimate`."""
+    g = torch.Generator().manual_seed(8)
+    n, t = 5, 0.2
+    xyz, precision = _elastic_precision(n, g)
+    mean = Rigid(random_rotation((2, n), g, dtype=F64), xyz.expand(2, n, 3))
+    noisy = diffuser.forward_marginal(mean, t, g)["rigids_t"]
+    log_std = torch.full((2, n, 2), math.log(0.3), dtype=F64)
+    out = {"pred_rigids": mean, "step_log_std": log_std, "step_precision": precision.expand(2, 3 * n, 3 * n)}
+    x0, (var_trans, var_rot) = diffuser.x0_law(out, noisy, t)
+    alpha = diffuser.r3.alpha_t(torch.tensor(t, dtype=F64))
+    v = diffuser.r3.conditional_var(torch.tensor(t, dtype=F64)) / diffuser.r3.coordinate_scaling**2
+    dense = torch.linalg.inv(precision + alpha**2 / v * torch.eye(3 * n, dtype=F64))
+    expected = xyz + (dense @ (alpha / v * (noisy.trans - alpha * xyz).flatten(-2))[..., None])[..., 0].unflatten(
+        -1, (n, 3))
+    torch.testing.assert_close(x0.trans, expected)
+    torch.testing.assert_close(var_trans, dense.expand(2, 3 * n, 3 * n))
+    torch.testing.assert_close(x0.trans, diffuser.x0_estimate(out, noisy, t).trans)
+    torch.testing.assert_close(var_rot, diffuser.posterior_var(log_std, t)[1])
+    plain, none = diffuser.x0_law({"pred_rigids": mean}, noisy, t)
+    assert plain is mean and none is None  # no law predicted: the prediction, and no variance
+
+
 def test_posterior_mean_limits(diffuser):
     """Near t = 0 the estimate is the noisy frame itself; at t = 1 it is the network's mean."""
     g = torch.Generator().manual_seed(1)

@@ -76,7 +76,7 @@ class SE3Diffuser:
 
     def posterior_mean(self, prior_mean: Rigid, prior_log_std: torch.Tensor, rigids_t: Rigid,
                        t: torch.Tensor | float, modes: torch.Tensor | None = None,
-                       precision: torch.Tensor | None = None) -> Rigid:
+                       precision: torch.Tensor | None = None, *, factor: torch.Tensor | None = None) -> Rigid:
         """E[x0 | x_t] when each residue's clean frame is Gaussian around prior_mean: the denoiser with a skip
         connection (EDM's c_skip), used when the network predicts the next frame's law (`model.step_std_init`).
 
@@ -91,19 +91,22 @@ class SE3Diffuser:
 
         Args: prior_mean Rigid [..., N] (A); prior_log_std [..., N, 2] (log s in A, log r in rad); rigids_t Rigid
         [..., N]; t float or [...]; modes [..., N, r] (A) or None; precision [..., 3N, 3N] (A^-2, coordinates
-        ordered residue-major) or None. Returns Rigid [..., N]; exact for Gaussian data with the right m and law.
+        ordered residue-major) or None; factor its `posterior_factor`, when the caller already has it. Returns
+        Rigid [..., N]; exact for Gaussian data with the right m and law.
         """
         var_trans, var_rot, alpha, noise_var, sigma2 = self._law_terms(prior_log_std, t)
         residual = rigids_t.trans - alpha[..., None] * prior_mean.trans  # [..., N, 3]
         if precision is not None:
+            if factor is None:
+                factor = self.posterior_factor(precision, prior_log_std, t)
             flat = alpha / noise_var * residual.flatten(-2)  # [..., 3N]
-            solved = torch.linalg.solve(self._posterior_precision(precision, alpha, noise_var), flat[..., None])[..., 0]
+            solved = torch.cholesky_solve(flat[..., None], factor)[..., 0]
             trans = prior_mean.trans + solved.unflatten(-1, residual.shape[-2:])
         elif modes is None:
             trans = prior_mean.trans + (alpha * var_trans / (alpha**2 * var_trans + noise_var))[..., None] * residual
         else:
             cov = self._step_cov(var_trans, modes)  # [..., N, N]
-            solved = torch.linalg.solve(self._observed_cov(cov, alpha, noise_var), residual)
+            solved = torch.linalg.solve(_scaled_plus_identity(cov, alpha**2, noise_var), residual)
             trans = prior_mean.trans + alpha[..., None] * (cov @ solved)
         k_rot = var_rot / (var_rot + sigma2)
         offset = rotmat_to_rotvec(prior_mean.rots.transpose(-1, -2) @ rigids_t.rots)  # [..., N, 3] body frame
@@ -122,33 +125,32 @@ class SE3Diffuser:
         noise_var = self.r3.conditional_var(t) / self.r3.coordinate_scaling**2
         return var_trans, var_rot, self.r3.alpha_t(t), noise_var, self.so3.sigma(t) ** 2
 
-    @staticmethod
-    def _observed_cov(cov: torch.Tensor, alpha: torch.Tensor, noise_var: torch.Tensor) -> torch.Tensor:
-        """alpha^2 S + v I [..., N, N]: the covariance of x_t around alpha m."""
-        eye = torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
-        return alpha[..., None] ** 2 * cov + noise_var[..., None] * eye
-
-    @staticmethod
-    def _posterior_precision(precision: torch.Tensor, alpha: torch.Tensor, noise_var: torch.Tensor) -> torch.Tensor:
-        """P + alpha^2 / v I [..., 3N, 3N]: the precision of x0 given x_t."""
-        eye = torch.eye(precision.shape[-1], dtype=precision.dtype, device=precision.device)
-        return precision + (alpha**2 / noise_var)[..., None] * eye
+    def posterior_factor(self, precision: torch.Tensor, prior_log_std: torch.Tensor,
+                         t: torch.Tensor | float) -> torch.Tensor:
+        """Cholesky factor [..., 3N, 3N] of P + alpha^2 / v I, the precision of x0 given x_t under the elastic law.
+        It is positive definite (P is diag(1/s^2) plus springs), and one factorisation serves both the posterior
+        mean (a solve) and its covariance (the inverse): the sampler's O(N^3) cost per reverse step."""
+        _, _, alpha, noise_var, _ = self._law_terms(prior_log_std, t)
+        return torch.linalg.cholesky(_scaled_plus_identity(precision, torch.ones_like(alpha), alpha**2 / noise_var))
 
     def posterior_var(self, prior_log_std: torch.Tensor, t: torch.Tensor | float,
-                      modes: torch.Tensor | None = None, precision: torch.Tensor | None = None
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+                      modes: torch.Tensor | None = None, precision: torch.Tensor | None = None, *,
+                      factor: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Var(x0 | x_t) under the Gaussian law of `posterior_mean`: translations s^2 v / (alpha^2 s^2 + v) [..., N]
         (A^2), with modes the covariance v S (alpha^2 S + v I)^-1 [..., N, N], with a precision P the covariance
-        (P + alpha^2 / v I)^-1 [..., 3N, 3N]; rotations r^2 sigma^2 / (r^2 + sigma^2) [..., N] (rad^2 per axis)."""
+        (P + alpha^2 / v I)^-1 [..., 3N, 3N] (from `posterior_factor`, or `factor` when the caller has it);
+        rotations r^2 sigma^2 / (r^2 + sigma^2) [..., N] (rad^2 per axis)."""
         var_trans, var_rot, alpha, noise_var, sigma2 = self._law_terms(prior_log_std, t)
         if precision is not None:
-            trans = torch.linalg.inv(self._posterior_precision(precision, alpha, noise_var))
+            if factor is None:
+                factor = self.posterior_factor(precision, prior_log_std, t)
+            trans = torch.cholesky_inverse(factor)
             trans = 0.5 * (trans + trans.transpose(-1, -2))
         elif modes is None:
             trans = var_trans * noise_var / (alpha**2 * var_trans + noise_var)
         else:
             cov = self._step_cov(var_trans, modes)
-            trans = noise_var[..., None] * torch.linalg.solve(self._observed_cov(cov, alpha, noise_var), cov)
+            trans = noise_var[..., None] * torch.linalg.solve(_scaled_plus_identity(cov, alpha**2, noise_var), cov)
             trans = 0.5 * (trans + trans.transpose(-1, -2))  # exactly symmetric (S and alpha^2 S + v I commute)
         return trans, var_rot * sigma2 / (var_rot + sigma2)
 
@@ -159,6 +161,18 @@ class SE3Diffuser:
             return out["pred_rigids"]
         return self.posterior_mean(out["pred_rigids"], out["step_log_std"], rigids_t, t, out.get("step_modes"),
                                    out.get("step_precision"))
+
+    def x0_law(self, out: Mapping[str, Any], rigids_t: Rigid, t: torch.Tensor | float
+               ) -> tuple[Rigid, tuple[torch.Tensor, torch.Tensor] | None]:
+        """`x0_estimate` and, when the network predicts the step's law, its `posterior_var` (else None): what an
+        ancestral reverse step needs, with the elastic law's 3N x 3N system factorised once for both."""
+        log_std = out.get("step_log_std")
+        if log_std is None:
+            return out["pred_rigids"], None
+        modes, precision = out.get("step_modes"), out.get("step_precision")
+        factor = None if precision is None else self.posterior_factor(precision, log_std, t)
+        return (self.posterior_mean(out["pred_rigids"], log_std, rigids_t, t, modes, precision, factor=factor),
+                self.posterior_var(log_std, t, modes, precision, factor=factor))
 
     def sample_ref(self, shape: tuple[int, ...], generator: torch.Generator | None,
                    dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Rigid:
@@ -186,3 +200,10 @@ class SE3Diffuser:
                                           x0_var=var_trans)
         rots = self.so3.reverse_ancestral(rigids_t.rots, rigids_0.rots, t, s, generator, mask=mask, x0_var=var_rot)
         return Rigid(rots, trans)
+
+
+def _scaled_plus_identity(matrix: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """scale M + shift I [..., n, n] for per-batch scale, shift [..., 1]: the observed covariance alpha^2 S + v I
+    of the modes law and the posterior precision P + alpha^2 / v I of the elastic law."""
+    eye = torch.eye(matrix.shape[-1], dtype=matrix.dtype, device=matrix.device)
+    return scale[..., None] * matrix + shift[..., None] * eye

@@ -29,8 +29,8 @@ system, put its width into independent per-residue jitter that broke CA-CA geome
 over the 3N coordinates: H is the anisotropic elastic network of the predicted frame's CA atoms, springs of one
 learned stiffness between residues closer than the cutoff (smoothly switched off over 1 A) plus springs of another
 between chain neighbours (the CA-CA bond, far stiffer in MD). Modes stiffer than the per-residue
-width (bond stretching) then get the small variance 1 / (kappa lambda), softer ones (bending, the slow collective
-motion) the diffusive s^2: the shape of an overdamped step of an elastic network, with no mode to learn.
+width (bond stretching) then get the small variance 1 / lambda (lambda their eigenvalue of H), softer ones (bending,
+the slow collective motion) the diffusive s^2: the shape of an overdamped step of an elastic network, with no mode to learn.
 """
 
 from __future__ import annotations

@@ -74,18 +74,16 @@ def denoise_frame(context: Context, diffuser: SE3Diffuser, frame_time_ps: float,
     for i, t in enumerate(ts):
         with autocast():
             out = context.denoise(x, torch.full((b,), t, dtype=dtype, device=device), frame_time)
-        pred = diffuser.x0_estimate(out, x, t).to(dtype)
         if cfg.reverse == "ancestral":  # down the grid, then a last draw of x0 itself (its mean unless Var is known)
-            x0_var = None
-            if out.get("step_log_std") is not None:
-                var = diffuser.posterior_var(out["step_log_std"], t, out.get("step_modes"),
-                                             out.get("step_precision"))
-                x0_var = (var[0].to(dtype), var[1].to(dtype))
+            pred, var = diffuser.x0_law(out, x, t)
+            pred = pred.to(dtype)
+            x0_var = None if var is None else (var[0].to(dtype), var[1].to(dtype))
             x = diffuser.reverse_ancestral(x, pred, t, ts[i + 1] if i + 1 < len(ts) else 0.0, generator,
                                            x0_var=x0_var)
             if i + 1 == len(ts):
                 return centred(x)
             continue
+        pred = diffuser.x0_estimate(out, x, t).to(dtype)
         if i + 1 == len(ts):
             break
         rot_score = diffuser.calc_rot_score(x.rots, pred.rots, t)
