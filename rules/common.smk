@@ -9,7 +9,7 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from starmd.bench.config import load_settings, section_for
-from starmd.config import validate_config
+from starmd.config import apply_base_seed, validate_config
 from starmd.data.local import find_entry, load_entries
 from starmd.data.mdcath import MdcathConfig, part_section
 from starmd.delta_t import check_rollout_delta_t
@@ -57,6 +57,7 @@ try:
     check_config()
 except ValueError as exc:
     sys.exit(str(exc))  # one line on stderr, exit status 1: no traceback, no schema dump
+apply_base_seed(config)
 
 DATASET = config["dataset"]
 RUN = config["run"]

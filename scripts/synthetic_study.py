@@ -33,6 +33,8 @@ from typing import Any
 
 import yaml
 
+from starmd.config import apply_base_seed
+
 ROOT = Path(__file__).resolve().parents[1]
 CA_VALIDITY_TARGET = 0.95  # issue 13's target for the CA validity column
 COLUMNS = [("rmsf_r_exact", "RMSF r", "{:.2f}"), ("rmsf_ratio_exact", "RMSF ratio", "{:.2f}"),
@@ -60,7 +62,11 @@ def load_spec(path: Path) -> tuple[dict, list[dict]]:
 
 
 def variant_config(base: dict, variant: dict) -> dict:
-    return deep_merge(base, variant.get("overrides", {}))
+    """config.yaml + config.synthetic.yaml + the variant's overrides, its top-level `seed` applied as the workflow
+    applies it (starmd.config.apply_base_seed)."""
+    cfg = deep_merge(base, variant.get("overrides", {}))
+    apply_base_seed(cfg)
+    return cfg
 
 
 def _run(cmd: list[str], log: Path, threads: int) -> None:

@@ -1,10 +1,10 @@
-"""starmd.config: the shared unknown-key check every config section goes through."""
+"""starmd.config: the shared unknown-key check every config section goes through, and the base seed."""
 
 from dataclasses import dataclass
 
 import pytest
 
-from starmd.config import dataclass_section, section_json, section_keys
+from starmd.config import apply_base_seed, dataclass_section, section_json, section_keys
 
 
 @dataclass(frozen=True)
@@ -42,3 +42,15 @@ def test_section_json_names_the_section_on_bad_json():
         section_json("{stride: 2}", "rollout")
     with pytest.raises(ValueError, match=r"^rollout: expected a JSON object .*got list$"):
         dataclass_section(_Section, section_json("[1]", "rollout"), "rollout")
+
+
+def test_base_seed_reseeds_the_model_steps_and_leaves_the_data_seeds():
+    config = {"seed": 3, "training": {"seed": 0, "lr": 1e-3}, "rollout": {"seed": 2}, "evaluation": {},
+              "demo": {"replica_seeds": [1, 2, 3]}, "synthetic": {"truth_seed": 0}}
+    apply_base_seed(config)
+    assert (config["training"], config["rollout"], config["evaluation"]) == (
+        {"seed": 3, "lr": 1e-3}, {"seed": 5}, {"seed": 3})
+    assert config["demo"] == {"replica_seeds": [1, 2, 3]} and config["synthetic"] == {"truth_seed": 0}
+    zero = {"seed": 0, "training": {"seed": 7}}
+    apply_base_seed(zero)
+    assert zero["training"]["seed"] == 7 and zero["rollout"] == {"seed": 0}

@@ -152,6 +152,24 @@ def test_delta_t_extrapolation_runs_when_the_config_allows_it(tmp_path):
     assert '"allow_delta_t_extrapolation": true' in out  # it travels to the rollout step with its section
 
 
+def test_top_level_seed_reaches_training_rollout_and_evaluation(tmp_path):
+    """`seed` is the one value a user changes for another training/sampling seed: every model step's command gets
+    it (added to its section's own seed), the data steps keep theirs."""
+    wf = _copy_workflow(tmp_path)
+    cfg = {**TINY_DEMO, **PIPELINE_TINY, "seed": 3, "rollout": {**PIPELINE_TINY["rollout"], "seed": 2},
+           "training": {"num_frames": 2}, "demo": {**TINY_DEMO["demo"], "replica_seeds": [4, 5, 6]}}
+    (wf / "tiny.yaml").write_text(yaml.safe_dump(cfg))
+    out = _snakemake(wf, "-n", "-p", "--configfile", "tiny.yaml").stdout
+    sections = {}
+    for step in ("train", "rollout", "evaluate", "prepare-demo"):
+        line = next(ln for ln in out.splitlines() if f"-m starmd {step} " in ln)
+        sections[step] = json.loads(re.search(r"--config-json '([^']*)'", line).group(1))
+    assert sections["train"]["training"]["seed"] == 3
+    assert sections["rollout"]["seed"] == 5
+    assert sections["evaluate"]["seed"] == 3
+    assert sections["prepare-demo"]["replica_seeds"] == [4, 5, 6]
+
+
 @pytest.mark.slow
 def test_rerun_does_nothing_and_a_changed_setting_reruns_only_what_depends_on_it(tmp_path):
     wf = _copy_workflow(tmp_path)

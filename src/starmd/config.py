@@ -3,7 +3,8 @@
 Every step validates its own section; this module only does the part they all share, so a misspelt key reads the
 same everywhere (`<section>: unknown key(s) [...]; expected some of [...]`) instead of silently keeping a default.
 Types and ranges stay with each section, which knows what they mean. `validate_config` checks a whole workflow config
-against schemas/config.schema.yaml at workflow start (rules/common.smk), one line per problem.
+against schemas/config.schema.yaml at workflow start (rules/common.smk), one line per problem, and
+`apply_base_seed` turns the top-level `seed` into the seeds the model's steps read.
 """
 
 from __future__ import annotations
@@ -102,3 +103,17 @@ def validate_config(config: Mapping[str, Any], schema_path: str | os.PathLike) -
     else:
         problem = error.message
     raise ValueError(f"config {where or '(top level)'}: {problem} (allowed: {_allowed(error.schema)})")
+
+
+# The model's stochastic steps; the data's seeds (replica_seeds, truth_seed, features) belong to the data.
+SEEDED_BY_BASE = ("training", "rollout", "evaluation")
+
+
+def apply_base_seed(config: dict[str, Any]) -> None:
+    """Adds the top-level `seed` to training.seed, rollout.seed and evaluation.seed (each 0 when unset, as in their
+    schemas), in place: one value reseeds training, sampling and the evaluation's subsamples together, and seed 0
+    leaves every section's own seed as it is. Call once per loaded config (the workflow does, at start)."""
+    base = config.get("seed", 0)
+    for section in SEEDED_BY_BASE:
+        own = config.setdefault(section, {})
+        own["seed"] = own.get("seed", 0) + base
