@@ -8,7 +8,8 @@
 `run` needs the synthetic data (`snakemake --cores all data/frames/enm1_A.h5 data/features/offline/enm1_A.h5
 --configfile config.synthetic.yaml`; targets before --configfile, which takes every path after it) and trains, rolls
 out and evaluates each variant through the same `python -m starmd <step>` commands the rules use, with the variant's
-overrides deep-merged over config.yaml + config.synthetic.yaml; a variant with `checkpoint_of: <variant>` only
+overrides deep-merged over config.yaml + config.synthetic.yaml + the spec's `base` (which pins the settings the
+rows were measured from, so a later change of config.yaml's defaults leaves every row reproducible); a variant with `checkpoint_of: <variant>` only
 changes the rollout and reuses that variant's checkpoint. Finished outputs are kept, so a rerun only does what is
 missing. `table` writes synthetic_study.{json,md,png} from the saved evaluation JSONs only. `ideal` writes
 ideal.{json,md,png}: the ACF error the ideal sampler (starmd.evaluation.ideal: exact conditional given the last K
@@ -58,7 +59,7 @@ def load_spec(path: Path) -> tuple[dict, list[dict]]:
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
     for extra in spec.get("configfiles", ["config.synthetic.yaml"]):
         config = deep_merge(config, yaml.safe_load((ROOT / extra).read_text()))
-    return config, spec["variants"]
+    return deep_merge(config, spec.get("base", {})), spec["variants"]
 
 
 def variant_config(base: dict, variant: dict) -> dict:
