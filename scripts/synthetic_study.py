@@ -145,6 +145,8 @@ def collect(spec: Path, out_root: Path, previous: dict[str, dict]) -> list[dict[
         truth = ev["truth"]["metrics"]
         row = {"variant": v["name"], "change": v.get("change", ""), "eval": _shown(path),
                "ca_validity": ev["metrics"]["ca_validity"]["model"],
+               "backbone_validity": ev["metrics"]["backbone_validity"]["model"],
+               "md_backbone_validity": ev["metrics"]["backbone_validity"]["oracle"],
                "acf_error_per_mode": ev["truth"]["curves"]["model"]["acf_error_per_mode"],
                "acf_modes": ev["truth"]["curves"]["model"]["acf_modes"][:3],  # the figure's curves, kept with the row
                **{m: truth[m]["model"] for m, _, _ in COLUMNS},
@@ -152,6 +154,11 @@ def collect(spec: Path, out_root: Path, previous: dict[str, dict]) -> list[dict[
                "meets": {m: truth[m]["model_meets_target"] for m, _, _ in COLUMNS}}
         rows.append(row)
     return rows
+
+
+def _fraction(value: float | None) -> str:
+    """A validity cell; rows saved before backbone validity was tabulated have none ("n/a")."""
+    return "n/a" if value is None else f"{value:.2f}"
 
 
 def cmd_table(args: argparse.Namespace) -> int:
@@ -165,20 +172,22 @@ def cmd_table(args: argparse.Namespace) -> int:
     rows = collect(args.spec, ROOT / args.out_root, previous)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "synthetic_study.json").write_text(json.dumps(rows, indent=2, sort_keys=True) + "\n")
-    head = ["variant", "change", "CA validity"] + [c[1] for c in COLUMNS]
+    head = ["variant", "change", "CA validity", "backbone validity"] + [c[1] for c in COLUMNS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     done = [r for r in rows if "missing" not in r]
     if done:
         seg = done[0]["md_segments"]
+        md_backbone = next((r["md_backbone_validity"] for r in done if "md_backbone_validity" in r), None)
         lines.append("| MD, same size | exact dynamics, S segments of the rollout length | 1.00 | "
-                     + " | ".join(fmt.format(seg[m]) for m, _, fmt in COLUMNS) + " |")
+                     + _fraction(md_backbone) + " | " + " | ".join(fmt.format(seg[m]) for m, _, fmt in COLUMNS) + " |")
     for r in rows:
         if "missing" in r:
-            lines.append(f"| {r['variant']} | {r['change']} | (not run) |" + " |" * len(COLUMNS))
+            lines.append(f"| {r['variant']} | {r['change']} | (not run) |" + " |" * (len(COLUMNS) + 1))
             continue
         cells = [fmt.format(r[m]) + ("" if r["meets"][m] else " ✗") for m, _, fmt in COLUMNS]
         validity = f"{r['ca_validity']:.2f}" + ("" if r["ca_validity"] >= CA_VALIDITY_TARGET else " ✗")
-        lines.append(f"| {r['variant']} | {r['change']} | {validity} | " + " | ".join(cells) + " |")
+        lines.append(f"| {r['variant']} | {r['change']} | {validity} | {_fraction(r.get('backbone_validity'))} | "
+                     + " | ".join(cells) + " |")
     (args.out / "synthetic_study.md").write_text("\n".join(lines) + "\n")
     curves = [r for r in done if "acf_modes" in r]  # rows from before the curves were kept have none
     if curves:

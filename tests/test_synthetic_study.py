@@ -33,3 +33,6 @@ def test_table_keeps_rows_evaluated_elsewhere_and_marks_missed_validity(tmp_path
     assert f"| {kept['variant']} | {kept['change']} | {kept['ca_validity']:.2f} |" in table
     assert "| broken | " in table and "| 0.02 ✗ |" in table
     assert "| never_run | y | (not run) |" in table
+    header, rule = table.splitlines()[:2]
+    assert "| CA validity | backbone validity |" in header
+    assert all(line.count("|") == rule.count("|") for line in table.splitlines())  # every row has every column
