@@ -8,15 +8,15 @@
 `run` needs the synthetic data (`snakemake --cores all data/frames/enm1_A.h5 data/features/offline/enm1_A.h5
 --configfile config.synthetic.yaml`; targets before --configfile, which takes every path after it) and trains, rolls
 out and evaluates each variant through the same `python -m starmd <step>` commands the rules use, with the variant's
-overrides deep-merged over config.yaml + config.synthetic.yaml + the spec's `base` (which pins the settings the
-rows were measured from, so a later change of config.yaml's defaults leaves every row reproducible); a variant with `checkpoint_of: <variant>` only
-changes the rollout and reuses that variant's checkpoint. Finished outputs are kept, so a rerun only does what is
-missing. `table` writes synthetic_study.{json,md,png} from the saved evaluation JSONs only. `ideal` writes
-ideal.{json,md,png}: the ACF error the ideal sampler (starmd.evaluation.ideal: exact conditional given the last K
-history frames re-noised at tau) reaches at the rollout's size, for the spec's grid of tau and K, next to the
-trained variants: what is reachable at all. `onestep` writes onestep.{json,md}: each trained variant's next frame
-after K true MD frames (re-noised at its rollout tau by the rollout code), against the exact conditional law of the
-slow modes given those frames; this separates a wrong transition from errors that compound along a rollout.
+overrides deep-merged over config.yaml + config.synthetic.yaml + the spec's `base` (which pins the settings the rows
+were measured from, so a later change of config.yaml's defaults leaves every row reproducible); a variant with
+`checkpoint_of: <variant>` only changes the rollout and reuses that variant's checkpoint. Finished outputs are kept,
+so a rerun only does what is missing. `table` writes synthetic_study.{json,md,png} from the saved evaluation JSONs
+only. `ideal` writes ideal.{json,md,png}: the ACF error the ideal sampler (starmd.evaluation.ideal: exact conditional
+given the last K history frames re-noised at tau) reaches at the rollout's size, for the spec's grid of tau and K,
+next to the trained variants: what is reachable at all. `onestep` writes onestep.{json,md}: each trained variant's
+next frame after K true MD frames (re-noised at its rollout tau by the rollout code), against the exact conditional
+law of the slow modes given those frames; this separates a wrong transition from errors that compound along a rollout.
 """
 
 from __future__ import annotations

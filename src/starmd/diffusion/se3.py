@@ -83,7 +83,8 @@ class SE3Diffuser:
         Translations x0 ~ N(m, s^2 I) (A) and x_t = alpha x0 + noise of variance v(t) (A^2) give
         x0 = m + k (x_t - alpha m), k = alpha s^2 / (alpha^2 s^2 + v); with collective modes U [..., N, r] the
         covariance across residues is S = diag(s^2) + U U^T (per coordinate) and k = alpha S (alpha^2 S + v I)^-1;
-        with a precision P over the 3N coordinates (the elastic law) x0 = m + (P + alpha^2/v I)^-1 alpha/v (x_t - alpha m).
+        with a precision P over the 3N coordinates (the elastic law)
+        x0 = m + (P + alpha^2/v I)^-1 alpha/v (x_t - alpha m).
         Rotations R0 = M exp(w) with w ~ N(0, r^2 I) (body frame, small angles) and IGSO3(sigma(t)) noise give
         R0 = M exp(k_r log(M^T R_t)), k_r = r^2 / (r^2 + sigma^2). At large t this is the network's mean; as t -> 0
         it is the noisy frame itself, so the sampled frame keeps the width the data have instead of collapsing onto

@@ -21,16 +21,17 @@ The step's width (`step_std_init`). With it, a small head on each target token's
 log width (A, rad) of that residue's next-frame law around the x0 prediction, and the denoiser is the posterior mean
 under that law (`SE3Diffuser.posterior_mean`, an EDM-style skip): at small diffusion time the x0 estimate follows the
 noisy frame itself, so sampled frames keep the width of the data. The widths are learned through the denoising loss
-(the posterior mean is its minimiser only at the true width). Off by default (not kept: docs/study/). With `step_modes` r > 0 the head
-also predicts r collective displacement modes U [N, r] (A), so the translation law's covariance is diag(s^2) + U U^T
-across residues: a frame's motion is correlated along the chain, and a diagonal law, measured on the known-answer
+(the posterior mean is its minimiser only at the true width). Off by default (not kept: its independent
+per-residue rotation widths break the peptide bond; docs/study/). With `step_modes` r > 0 the head also predicts
+r collective displacement modes U [N, r] (A), so the translation law's covariance is diag(s^2) + U U^T across
+residues: a frame's motion is correlated along the chain, and a diagonal law, measured on the known-answer
 system, put its width into independent per-residue jitter that broke CA-CA geometry. With `step_elastic`
 [cutoff A, contact stiffness, bond stiffness A^-2] the translation law's precision is instead diag(1/s^2) + H(m)
 over the 3N coordinates: H is the anisotropic elastic network of the predicted frame's CA atoms, springs of one
 learned stiffness between residues closer than the cutoff (smoothly switched off over 1 A) plus springs of another
-between chain neighbours (the CA-CA bond, far stiffer in MD). Modes stiffer than the per-residue
-width (bond stretching) then get the small variance 1 / lambda (lambda their eigenvalue of H), softer ones (bending,
-the slow collective motion) the diffusive s^2: the shape of an overdamped step of an elastic network, with no mode to learn.
+between chain neighbours (the CA-CA bond, far stiffer in MD). Modes stiffer than the per-residue width (bond
+stretching) then get the small variance 1 / lambda (lambda their eigenvalue of H), softer ones (bending, the slow
+collective motion) the diffusive s^2: the shape of an overdamped step of an elastic network, with no mode to learn.
 """
 
 from __future__ import annotations
