@@ -75,11 +75,11 @@ def denoise_frame(context: Context, diffuser: SE3Diffuser, frame_time_ps: float,
         with autocast():
             out = context.denoise(x, torch.full((b,), t, dtype=dtype, device=device), frame_time)
         if cfg.reverse == "ancestral":  # down the grid, then a last draw of x0 itself (its mean unless Var is known)
-            pred, var = diffuser.x0_law(out, x, t)
+            pred, var = diffuser.x0_law(out, x, t, follow_chain=cfg.chain_transport)
             pred = pred.to(dtype)
             x0_var = None if var is None else (var[0].to(dtype), var[1].to(dtype))
             x = diffuser.reverse_ancestral(x, pred, t, ts[i + 1] if i + 1 < len(ts) else 0.0, generator,
-                                           x0_var=x0_var)
+                                           x0_var=x0_var, follow_chain=cfg.chain_transport)
             if i + 1 == len(ts):
                 return centred(x)
             continue
