@@ -49,3 +49,26 @@ def test_chains_too_short_for_a_trace_keep_their_rotation():
         ca = torch.randn(n, 3, generator=g, dtype=F64)
         torch.testing.assert_close(local_trace_rotation(ca, ca + torch.randn(n, 3, generator=g, dtype=F64)),
                                    torch.eye(3, dtype=F64).expand(n, 3, 3))
+
+
+def test_padding_gets_the_identity_and_leaves_the_real_residues_as_without_it():
+    """A batch pads shorter chains at the end (training crops): each chain's rotations are those it has alone, the
+    last real residue's triplet never reaches into the padding, padded residues get the identity."""
+    g = torch.Generator().manual_seed(3)
+    lengths, n = (9, 5, 2), 9
+    before = torch.zeros(len(lengths), n, 3, dtype=F64)
+    after = torch.zeros_like(before)
+    mask = torch.zeros(len(lengths), n, dtype=F64)
+    for k, length in enumerate(lengths):
+        ca = _chain(length, g) if length > 2 else torch.randn(length, 3, generator=g, dtype=F64)
+        before[k, :length] = ca
+        after[k, :length] = ca + 0.5 * torch.randn(length, 3, generator=g, dtype=F64)
+        before[k, length:] = 100.0 * torch.randn(n - length, 3, generator=g, dtype=F64)  # garbage in the padding
+        mask[k, :length] = 1.0
+    turn = local_trace_rotation(before, after, mask)
+    eye = torch.eye(3, dtype=F64)
+    for k, length in enumerate(lengths):
+        alone = local_trace_rotation(before[k, :length], after[k, :length])
+        torch.testing.assert_close(turn[k, :length], alone)
+        torch.testing.assert_close(turn[k, length:], eye.expand(n - length, 3, 3))
+    assert (turn[0] - eye).abs().amax() > 0.05  # the real residues did turn

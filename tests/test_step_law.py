@@ -388,3 +388,31 @@ def test_chain_transport_changes_nothing_without_a_step_law(diffuser):
     torch.testing.assert_close(ends[1].rots, ends[0].rots)
     with pytest.raises(ValueError, match="chain_transport needs rollout.reverse: ancestral"):
         RolloutConfig(chain_transport=True)
+
+
+def test_training_chain_transport_turns_the_estimate_with_the_trace(diffuser, batch):  # noqa: F811
+    """`training.chain_transport`: the x0 estimate's rotations turn with the local CA trace from the network's mean
+    to the estimate's translations. A mean that is the true chain turned as a whole, with a wide translation law and
+    a narrow rotation law: near t = 0 the estimate's translations follow the (nearly clean) target, and with
+    transport its rotations are the truth's, without it the mean's. Padding keeps the plain estimate."""
+    truth = Rigid(batch["rots"], batch["trans"])  # [B, L, N]
+    turn = rotvec_to_rotmat(torch.tensor([0.0, 0.0, 0.4], dtype=F64))
+    mean = Rigid(turn @ truth.rots, truth.trans @ turn.T)
+    log_std = torch.stack([torch.full(truth.shape, math.log(3.0), dtype=F64),
+                           torch.full(truth.shape, math.log(1e-4), dtype=F64)], -1)
+    out = {"pred_rigids": mean, "step_log_std": log_std}
+    mask = batch["res_mask"][:, None, :].expand(truth.shape).clone()
+    mask[0, :, -3:] = 0  # the last three residues of the first protein as padding
+    plain = diffuser.x0_estimate(out, truth, 1e-4)
+    turned = diffuser.x0_estimate(out, truth, 1e-4, follow_chain=True, mask=mask)
+    angle = {k: rotmat_to_rotvec(r.rots.transpose(-1, -2) @ truth.rots).norm(dim=-1) for k, r in
+             (("plain", plain), ("turned", turned))}  # [B, L, N] rad
+    real = mask.bool()
+    torch.testing.assert_close(angle["plain"], torch.full_like(angle["plain"], 0.4), atol=1e-3, rtol=0)
+    assert angle["turned"][real].max() < 1e-3
+    torch.testing.assert_close(turned.rots[~real], plain.rots[~real])
+    # the training flag reaches the loss: the same prediction scores differently with and without it
+    net = FixedPrediction(mean, step_log_std=log_std)
+    rot = {flag: float(compute_loss(net, diffuser, batch, TrainingConfig.from_dict(
+        {"dist_loss_weight": 0.0, "chain_transport": flag}))["rot"]) for flag in (False, True)}
+    assert rot[True] != pytest.approx(rot[False], rel=1e-3)

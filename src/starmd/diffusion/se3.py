@@ -78,7 +78,7 @@ class SE3Diffuser:
     def posterior_mean(self, prior_mean: Rigid, prior_log_std: torch.Tensor, rigids_t: Rigid,
                        t: torch.Tensor | float, modes: torch.Tensor | None = None,
                        precision: torch.Tensor | None = None, *, factor: torch.Tensor | None = None,
-                       follow_chain: bool = False) -> Rigid:
+                       follow_chain: bool = False, mask: torch.Tensor | None = None) -> Rigid:
         """E[x0 | x_t] when each residue's clean frame is Gaussian around prior_mean: the denoiser with a skip
         connection (EDM's c_skip), used when the network predicts the next frame's law (`model.step_std_init`).
 
@@ -93,7 +93,9 @@ class SE3Diffuser:
         m (issue 13's narrow step).
 
         With follow_chain, M is first turned with the local CA trace from m to the estimate's translations
-        (`local_trace_rotation`), so a residue whose neighbourhood bends turns with it (`rollout.chain_transport`).
+        (`local_trace_rotation`, mask [..., N] its padding), so a residue whose neighbourhood bends turns with it
+        (`training.chain_transport`, `rollout.chain_transport`). The turn is geometry, not a prediction: no gradient
+        flows through its SVD (ill-conditioned for nearly straight triplets).
 
         Args: prior_mean Rigid [..., N] (A); prior_log_std [..., N, 2] (log s in A, log r in rad); rigids_t Rigid
         [..., N]; t float or [...]; modes [..., N, r] (A) or None; precision [..., 3N, 3N] (A^-2, coordinates
@@ -117,7 +119,9 @@ class SE3Diffuser:
         k_rot = var_rot / (var_rot + sigma2)
         mean_rots = prior_mean.rots
         if follow_chain:
-            mean_rots = local_trace_rotation(prior_mean.trans, trans) @ mean_rots
+            with torch.no_grad():
+                turn = local_trace_rotation(prior_mean.trans, trans, mask)
+            mean_rots = turn @ mean_rots
         offset = rotmat_to_rotvec(mean_rots.transpose(-1, -2) @ rigids_t.rots)  # [..., N, 3] body frame
         return Rigid(mean_rots @ rotvec_to_rotmat(k_rot[..., None] * offset), trans)
 
@@ -163,13 +167,15 @@ class SE3Diffuser:
             trans = 0.5 * (trans + trans.transpose(-1, -2))  # exactly symmetric (S and alpha^2 S + v I commute)
         return trans, var_rot * sigma2 / (var_rot + sigma2)
 
-    def x0_estimate(self, out: Mapping[str, Any], rigids_t: Rigid, t: torch.Tensor | float) -> Rigid:
+    def x0_estimate(self, out: Mapping[str, Any], rigids_t: Rigid, t: torch.Tensor | float,
+                    follow_chain: bool = False, mask: torch.Tensor | None = None) -> Rigid:
         """The denoiser's x0 from a StarMD output: its prediction, or the posterior mean around it when the network
-        also predicts the step's law (`step_log_std`, `step_modes`, `step_precision`)."""
+        also predicts the step's law (`step_log_std`, `step_modes`, `step_precision`); follow_chain as in
+        `posterior_mean`."""
         if out.get("step_log_std") is None:
             return out["pred_rigids"]
         return self.posterior_mean(out["pred_rigids"], out["step_log_std"], rigids_t, t, out.get("step_modes"),
-                                   out.get("step_precision"))
+                                   out.get("step_precision"), follow_chain=follow_chain, mask=mask)
 
     def x0_law(self, out: Mapping[str, Any], rigids_t: Rigid, t: torch.Tensor | float, follow_chain: bool = False
                ) -> tuple[Rigid, tuple[torch.Tensor, torch.Tensor] | None]:
@@ -217,11 +223,7 @@ class SE3Diffuser:
                                           x0_var=var_trans)
         rots = self.so3.reverse_ancestral(rigids_t.rots, rigids_0.rots, t, s, generator, mask=mask, x0_var=var_rot)
         if follow_chain and s == 0:
-            turn = local_trace_rotation(rigids_0.trans, trans)  # [..., N, 3, 3]
-            if mask is not None:
-                turn = torch.where(mask.bool()[..., None, None], turn, torch.eye(3, dtype=turn.dtype,
-                                                                                  device=turn.device))
-            rots = turn @ rots
+            rots = local_trace_rotation(rigids_0.trans, trans, mask) @ rots  # [..., N, 3, 3]
         return Rigid(rots, trans)
 
 

@@ -39,6 +39,8 @@ class TrainingConfig:
     dist_loss_cutoff: float = 6.0  # Angstrom: only pairs closer than this in the clean frame
     dist_loss_t_max: float = 0.25  # only target frames with t below this (near-clean predictions)
     dist_loss_on: str = "estimate"  # "estimate" (the denoiser's x0) or "mean" (the network's m; differs with a step law)
+    chain_transport: bool = False  # step law only: the x0 estimate's rotations turn with the local CA trace, as in
+    # rollout.chain_transport, so the learned rotation width is what the chain's bending does not explain
     lr: float = 1e-4
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])

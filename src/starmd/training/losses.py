@@ -74,8 +74,9 @@ def compute_loss(model: torch.nn.Module, diffuser: Any, batch: dict[str, torch.T
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda"):
         out = model(batch["single"], batch["pair"], ctx, tau, tgt, t, batch["frame_time_ps"], batch["delta_t_ps"],
                     res_mask, window=cfg.context_window or None)
-    pred = diffuser.x0_estimate(out, tgt, t)  # [B, L, N] x0 (A): the prediction, or the posterior mean around it
     mask = res_mask[:, None, :].expand(b, n_frames, -1)  # [B, L, N]
+    # x0 (A) [B, L, N]: the prediction, or the posterior mean around it
+    pred = diffuser.x0_estimate(out, tgt, t, follow_chain=cfg.chain_transport, mask=mask)
     if not cfg.train_first_target and n_frames > 1:  # target 0 sees no context, which never happens at inference
         mask = mask * (torch.arange(n_frames, device=device) > 0).to(mask.dtype)[None, :, None]
 
