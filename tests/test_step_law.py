@@ -353,7 +353,6 @@ def test_chain_transport_keeps_the_peptide_bond_when_the_elastic_law_bends_the_c
     each frame turns with its local trace and the spread is less than half (0.05 A)."""
     from starmd.geometry.backbone import backbone_atoms
 
-    g = torch.Generator().manual_seed(11)
     frames, aatype = _helix_frames()
     n, b = frames.shape[0], 200
     ca = frames.trans - frames.trans.mean(0)

@@ -1,8 +1,9 @@
 """How each residue's frame turns when its chain moves: the rotation of its local CA trace.
 
 A residue's N and C atoms sit where its own CA and its neighbours' CAs put them (the peptide bond links C(i) to
-N(i+1)), so a frame that keeps its rotation while the CA trace around it bends breaks that bond. Used by the rollout
-(`rollout.chain_transport`) to carry a sampled translation deviation over to the rotations.
+N(i+1)), so a frame that keeps its rotation while the CA trace around it bends breaks that bond. Used by the step
+law's x0 estimate and last draw (`training.chain_transport`, `rollout.chain_transport`) to carry a translation
+deviation over to the rotations.
 """
 
 from __future__ import annotations
@@ -31,9 +32,8 @@ def local_trace_rotation(before: torch.Tensor, after: torch.Tensor, mask: torch.
     q = q - q.mean(-2, keepdim=True)
     u, _, vh = torch.linalg.svd(p.transpose(-1, -2) @ q)  # cross-covariance H = P^T Q = U S V^T
     v = vh.transpose(-1, -2)
-    sign = torch.det(v @ u.transpose(-1, -2)).sign()  # -1 would be a reflection
-    fix = torch.ones_like(sign)[..., None].expand(*sign.shape, 3).clone()
-    fix[..., 2] = torch.where(sign == 0, torch.ones_like(sign), sign)
+    d = torch.where(torch.det(v @ u.transpose(-1, -2)) < 0, -1.0, 1.0).to(v.dtype)  # d = -1: a reflection, undone
+    fix = torch.stack([torch.ones_like(d), torch.ones_like(d), d], -1)
     turn = v @ torch.diag_embed(fix) @ u.transpose(-1, -2)  # R = V diag(1, 1, d) U^T, R p = q
     defined = (n_real[..., None] >= 3) & (pos < n_real[..., None])  # [..., N]
     return torch.where(defined[..., None, None], turn, eye)
