@@ -271,6 +271,7 @@ def onestep_scores(variant: dict, base: dict, truth: dict, out_root: Path, grid:
     from starmd.geometry import Rigid
     from starmd.rollout.config import RolloutConfig
     from starmd.rollout.inputs import load_features, load_model
+    from starmd.rollout.peptide import PeptideChain
     from starmd.rollout.sampler import centred, denoise_frame, make_context
     from starmd.training.cli import build_diffuser
 
@@ -288,6 +289,7 @@ def onestep_scores(variant: dict, base: dict, truth: dict, out_root: Path, grid:
         idx = np.sort(starts)[:, None] + np.arange(h)  # [M, H] history frames
         rots = torch.from_numpy(np.stack([group["rotations"][list(i)] for i in idx])).float()
         trans = torch.from_numpy(np.stack([group["translations"][list(i)] for i in idx])).float()
+        chain = PeptideChain.from_start(Rigid(rots[0, 0], trans[0, 0]), f["aatype"][()])
     history = Rigid(rots.repeat_interleave(s, 0), trans.repeat_interleave(s, 0))  # [M S, H, N]
     generator = torch.Generator().manual_seed(grid["seed"])
     b, n = m * s, rots.shape[2]
@@ -300,7 +302,7 @@ def onestep_scores(variant: dict, base: dict, truth: dict, out_root: Path, grid:
             noisy = diffuser.contextual_noise(frame, cfg.tau, generator) if cfg.tau > 0 else frame
             context.append(noisy, tau, torch.full((b,), j * cfg.delta_t_ps))
         nxt = denoise_frame(context, diffuser, h * cfg.delta_t_ps, (b, n), cfg, generator, torch.float32,
-                            torch.device("cpu"), contextlib.nullcontext)
+                            torch.device("cpu"), contextlib.nullcontext, chain)
     mean_ca = np.asarray(truth["mean_ca_A"])
     sample_ca = M.superpose(nxt.trans.double().numpy(), mean_ca)
     hist_ca = M.superpose(trans.reshape(m * h, n, 3).double().numpy(), mean_ca)

@@ -94,13 +94,15 @@ def generate(checkpoint: Path, structure: Path, out_dir: Path, cfg: RolloutConfi
     model, config, weights = load_model(checkpoint, features, cfg.use_ema)
     model = model.to(resolve_device(cfg.device))
     start = Rigid(torch.from_numpy(rots[0]).double(), torch.from_numpy(trans[0]).double())
-    result = run_rollout(model, build_diffuser(config), features.single, features.pair, start, cfg, label=stem)
+    aatype = sequence_to_aatype(sequence)
+    result = run_rollout(model, build_diffuser(config), features.single, features.pair, start, cfg, label=stem,
+                         aatype=torch.as_tensor(aatype))
     ca = result.translations.double().numpy()
     s, f, n = ca.shape[:3]
     record = RolloutRecord(
         rotations=result.rotations.double().numpy(), translations=ca, time_ps=result.time_ps.numpy(),
         validity=ca_valid(ca.reshape(s * f, n, 3)).reshape(s, f), start_rotations=rots[0], start_translations=trans[0],
-        aatype=sequence_to_aatype(sequence), residue_index=residue_index,
+        aatype=aatype, residue_index=residue_index,
         attrs={"name": stem, "sequence": sequence, "delta_t_ps": cfg.delta_t_ps, "seed": cfg.seed, "steps": cfg.steps,
                "tau": cfg.tau, "n_samples": cfg.n_samples, "n_frames": cfg.n_frames, "weights": weights,
                "checkpoint": str(checkpoint), "checkpoint_sha256": sha256sum(checkpoint), "featurizer": featurizer,

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import h5py
+import torch
 
 from starmd.delta_t import in_trained_range, trained_delta_t_range
 from starmd.estimate.at_start import log_estimate, rollout_predictor
@@ -83,7 +84,7 @@ def rollout_protein(*, checkpoint: Path, features_path: Path, frames_path: Path,
         with PreemptionFlag() as preempt:
             stats = generate(model, diffuser, features.single, features.pair, start.frames, cfg, stream,
                              use_cache=use_cache, label=out.stem, resume=resume,
-                             stop=lambda: preempt.requested is not None)
+                             stop=lambda: preempt.requested is not None, aatype=torch.as_tensor(start.aatype))
     finally:
         stream.close()
     if stats.frames_done < cfg.n_frames:

@@ -3,7 +3,8 @@ the context of the frames before it; a finished frame is re-noised to diffusion 
 enters the context, as the context frames were during training.
 
 Order of random draws (one torch.Generator per rollout, so a seed fixes every trajectory): contextual noise of the
-start frame; then per frame: the prior sample, one draw per reverse step, the contextual noise of the finished frame.
+start frame; then per frame: the prior sample, one draw per reverse step, the peptide restraint's perturbation (with
+`rollout.peptide_restraint`), the contextual noise of the finished frame.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from starmd.geometry import Rigid
 from starmd.model.network import StarMD
 from starmd.rollout.config import RolloutConfig
 from starmd.rollout.context import CachedContext, Context, RecomputedContext
+from starmd.rollout.peptide import PeptideChain, condition_on_peptide_bonds
 
 _PS_PER_NS = 1000.0
 _S_PER_DAY = 86400.0
@@ -65,8 +67,12 @@ def make_context(model: StarMD, single: torch.Tensor, pair: torch.Tensor, n_samp
 
 def denoise_frame(context: Context, diffuser: SE3Diffuser, frame_time_ps: float, shape: tuple[int, int],
                   cfg: RolloutConfig, generator: torch.Generator, dtype: torch.dtype, device: torch.device,
-                  autocast: Callable[[], contextlib.AbstractContextManager]) -> Rigid:
-    """Reverse diffusion of one new frame Rigid [B, N] from the prior at t = 1 to the x0 prediction at t_min."""
+                  autocast: Callable[[], contextlib.AbstractContextManager], chain: PeptideChain | None = None
+                  ) -> Rigid:
+    """Reverse diffusion of one new frame Rigid [B, N] from the prior at t = 1 to the x0 prediction at t_min; with
+    `rollout.peptide_restraint`, its rotations are then conditioned on the peptide bonds of `chain`."""
+    if cfg.peptide_restraint > 0 and chain is None:
+        raise ValueError("rollout.peptide_restraint needs the protein's residue types and bonds (a PeptideChain)")
     b = shape[0]
     x = diffuser.sample_ref(shape, generator, dtype=dtype, device=device)
     frame_time = torch.full((b,), frame_time_ps, dtype=dtype, device=device)
@@ -78,18 +84,20 @@ def denoise_frame(context: Context, diffuser: SE3Diffuser, frame_time_ps: float,
             pred, var = diffuser.x0_law(out, x, t, follow_chain=cfg.chain_transport)
             pred = pred.to(dtype)
             x0_var = None if var is None else (var[0].to(dtype), var[1].to(dtype))
-            x = diffuser.reverse_ancestral(x, pred, t, ts[i + 1] if i + 1 < len(ts) else 0.0, generator,
-                                           x0_var=x0_var, follow_chain=cfg.chain_transport)
-            if i + 1 == len(ts):
-                return centred(x)
+            x = frame = diffuser.reverse_ancestral(x, pred, t, ts[i + 1] if i + 1 < len(ts) else 0.0, generator,
+                                                   x0_var=x0_var, follow_chain=cfg.chain_transport)
             continue
-        pred = diffuser.x0_estimate(out, x, t).to(dtype)
+        frame = diffuser.x0_estimate(out, x, t).to(dtype)
         if i + 1 == len(ts):
             break
-        rot_score = diffuser.calc_rot_score(x.rots, pred.rots, t)
-        trans_score = diffuser.calc_trans_score(x.trans, pred.trans, t)
+        rot_score = diffuser.calc_rot_score(x.rots, frame.rots, t)
+        trans_score = diffuser.calc_trans_score(x.trans, frame.trans, t)
         x = diffuser.reverse(x, rot_score, trans_score, t, t - ts[i + 1], generator)
-    return centred(pred)
+    if cfg.peptide_restraint > 0:
+        log_std = out.get("step_log_std")  # the step law's widths, where the network predicts them
+        rot_std = None if log_std is None else log_std[..., 1].exp().to(dtype)
+        frame = condition_on_peptide_bonds(frame, chain, cfg.peptide_restraint, rot_std, generator)
+    return centred(frame)
 
 
 @dataclass(frozen=True)
@@ -115,13 +123,14 @@ class ResumePoint:
 def iter_frames(context: Context, diffuser: SE3Diffuser, start: Rigid, cfg: RolloutConfig,
                 generator: torch.Generator,
                 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-                resume: ResumePoint | None = None) -> Iterator[Generated]:
+                resume: ResumePoint | None = None, chain: PeptideChain | None = None) -> Iterator[Generated]:
     """Yield the F generated frames in order; start Rigid [B, N] (Angstrom) enters the context first.
 
     Every frame, the start included, is re-noised to tau before `context.append` (skipped when tau = 0: the
     contextual-noise ablation). Frame l has physical time l * delta_t (the start is frame 0). With `resume`, the
     context is rebuilt by re-appending the saved frames (one network pass each, no diffusion) and the generator
-    restored, so the frames that follow are those the uninterrupted rollout would have produced.
+    restored, so the frames that follow are those the uninterrupted rollout would have produced. `chain`: the
+    protein's peptide bonds, for `rollout.peptide_restraint`.
     """
     b, n = start.shape
     dtype, device = start.dtype, start.device
@@ -145,7 +154,8 @@ def iter_frames(context: Context, diffuser: SE3Diffuser, start: Rigid, cfg: Roll
         entered = enter(resume.last.to(device=device, dtype=dtype), resume.frames_done)
         first = resume.frames_done + 1
     for f in range(first, cfg.n_frames + 1):
-        frame = denoise_frame(context, diffuser, f * cfg.delta_t_ps, (b, n), cfg, generator, dtype, device, autocast)
+        frame = denoise_frame(context, diffuser, f * cfg.delta_t_ps, (b, n), cfg, generator, dtype, device, autocast,
+                              chain)
         yield Generated(f, frame, entered)
         entered = enter(frame, f)
 
@@ -191,11 +201,13 @@ class RunStats:
 
 def generate(model: StarMD, diffuser: SE3Diffuser, single: torch.Tensor, pair: torch.Tensor, start: Rigid,
              cfg: RolloutConfig, sink: FrameSink, *, use_cache: bool = True, label: str = "rollout",
-             resume: ResumePoint | None = None, stop: Callable[[], bool] = lambda: False) -> RunStats:
+             resume: ResumePoint | None = None, stop: Callable[[], bool] = lambda: False,
+             aatype: torch.Tensor | None = None) -> RunStats:
     """n_samples trajectories of F frames from one start frame Rigid [N], with features single [N, c_s] and pair
-    [N, N, c_z], handed to `sink` frame by frame. Runs on the model's device and dtype; bf16 autocast only on CUDA.
-    Shows a tqdm bar (frames, ns generated per trajectory, ns/day summed over the batch) and prints a summary line
-    to stderr. `stop()` is asked after every frame; when it says True, generation ends there (the caller saves)."""
+    [N, N, c_z], handed to `sink` frame by frame; aatype [N] (OpenFold order) is needed by
+    `rollout.peptide_restraint` (bonds where the start frame has them). Runs on the model's device and dtype; bf16
+    autocast only on CUDA. Shows a tqdm bar (frames, ns generated per trajectory, ns/day summed over the batch) and
+    prints a summary line to stderr. `stop()` is asked after every frame; when it says True, generation ends there (the caller saves)."""
     param = next(model.parameters())
     dtype, device = param.dtype, param.device
     single, pair = single.to(device=device, dtype=dtype), pair.to(device=device, dtype=dtype)
@@ -207,6 +219,7 @@ def generate(model: StarMD, diffuser: SE3Diffuser, single: torch.Tensor, pair: t
         return torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
     starts = start.to(device=device, dtype=dtype).unsqueeze(0).expand(cfg.n_samples, start.shape[0])
+    chain = None if aatype is None else PeptideChain.from_start(start, aatype)
     first = done = 0 if resume is None else resume.frames_done
     t0 = time.perf_counter()
     with torch.no_grad():
@@ -214,7 +227,7 @@ def generate(model: StarMD, diffuser: SE3Diffuser, single: torch.Tensor, pair: t
                                cfg.n_frames + 1)
         bar = tqdm(total=cfg.n_frames, initial=first, desc=label, unit="frame", disable=not cfg.progress_bar,
                    file=sys.stderr)
-        for generated in iter_frames(context, diffuser, starts, cfg, generator, autocast, resume):
+        for generated in iter_frames(context, diffuser, starts, cfg, generator, autocast, resume, chain):
             sink.add(generated, generator)
             ns = generated.index * cfg.delta_t_ps / _PS_PER_NS
             rate = (generated.index - first) * cfg.delta_t_ps / _PS_PER_NS / (time.perf_counter() - t0)
@@ -235,10 +248,12 @@ def generate(model: StarMD, diffuser: SE3Diffuser, single: torch.Tensor, pair: t
 
 
 def run_rollout(model: StarMD, diffuser: SE3Diffuser, single: torch.Tensor, pair: torch.Tensor, start: Rigid,
-                cfg: RolloutConfig, *, use_cache: bool = True, label: str = "rollout") -> Rollout:
+                cfg: RolloutConfig, *, use_cache: bool = True, label: str = "rollout",
+                aatype: torch.Tensor | None = None) -> Rollout:
     """`generate` into memory: the whole rollout as tensors (tests, benchmarks)."""
     sink = MemorySink()
-    stats = generate(model, diffuser, single, pair, start, cfg, sink, use_cache=use_cache, label=label)
+    stats = generate(model, diffuser, single, pair, start, cfg, sink, use_cache=use_cache, label=label,
+                     aatype=aatype)
     return Rollout(torch.stack(sink.rotations, dim=1), torch.stack(sink.translations, dim=1),
                    cfg.delta_t_ps * torch.arange(1, cfg.n_frames + 1, dtype=torch.float64), stats.wall_s,
                    stats.peak_cache_bytes)
