@@ -25,8 +25,8 @@ from starmd.geometry.peptide import peptide_bonded, peptide_distances, peptide_t
 from starmd.geometry.rigid import Rigid
 from starmd.geometry.so3 import rotmat_to_rotvec, rotvec_to_rotmat
 
-
 DEFAULT_ROT_STD = 0.1  # rad: the rotation width assumed without a step law (the study's model.step_std_init)
+_HALVINGS = 8  # most halvings of a Gauss-Newton step that would raise the objective
 
 
 @dataclass(frozen=True)
@@ -75,18 +75,15 @@ def condition_on_peptide_bonds(frames: Rigid, chain: PeptideChain, scale: float,
     current = state(frames.rots)
     for _ in range(iterations):
         step = _gauss_newton_step(current["resid"], current["jac"], prior, current["offset"])
-        scale = torch.ones(b, dtype=dtype, device=device)
+        step_size = torch.ones(b, dtype=dtype, device=device)
         for _ in range(_HALVINGS):
-            trial = state(current["rots"] @ rotvec_to_rotmat(scale[:, None, None] * step))
+            trial = state(current["rots"] @ rotvec_to_rotmat(step_size[:, None, None] * step))
             better = trial["value"] <= current["value"]
             if bool(better.all()):
                 break
-            scale = torch.where(better, scale, scale / 2)
+            step_size = torch.where(better, step_size, step_size / 2)
         current = {k: torch.where(better.view(-1, *[1] * (v.dim() - 1)), trial[k], v) for k, v in current.items()}
     return Rigid(current["rots"], frames.trans)
-
-
-_HALVINGS = 8
 
 
 def _gauss_newton_step(resid: torch.Tensor, jac: torch.Tensor, prior: torch.Tensor, offset: torch.Tensor

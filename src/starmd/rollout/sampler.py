@@ -207,7 +207,8 @@ def generate(model: StarMD, diffuser: SE3Diffuser, single: torch.Tensor, pair: t
     [N, N, c_z], handed to `sink` frame by frame; aatype [N] (OpenFold order) is needed by
     `rollout.peptide_restraint` (bonds where the start frame has them). Runs on the model's device and dtype; bf16
     autocast only on CUDA. Shows a tqdm bar (frames, ns generated per trajectory, ns/day summed over the batch) and
-    prints a summary line to stderr. `stop()` is asked after every frame; when it says True, generation ends there (the caller saves)."""
+    prints a summary line to stderr. `stop()` is asked after every frame; when it says True, generation ends there
+    (the caller saves)."""
     param = next(model.parameters())
     dtype, device = param.dtype, param.device
     single, pair = single.to(device=device, dtype=dtype), pair.to(device=device, dtype=dtype)
