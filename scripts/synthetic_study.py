@@ -137,9 +137,9 @@ def collect(spec: Path, out_root: Path, previous: dict[str, dict]) -> list[dict[
     for v in variants:
         name = variant_config(base, v)["synthetic"]["name"]
         path = out_root / v["name"] / "eval" / f"{name}.json"
-        if not path.exists():
-            rows.append(previous.get(v["name"]) or {"variant": v["name"], "change": v.get("change", ""),
-                                                    "missing": _shown(path)})
+        if not path.exists():  # the spec's words, the saved numbers
+            kept = previous.get(v["name"]) or {"variant": v["name"], "missing": _shown(path)}
+            rows.append({**kept, "change": v.get("change", "")})
             continue
         ev = json.loads(path.read_text())
         truth = ev["truth"]["metrics"]

@@ -18,7 +18,10 @@ import torch
 from starmd.data.residues import protein_residues, sequence_to_aatype
 from starmd.diffusion import SE3Diffuser
 from starmd.geometry import Rigid, rotmat_to_rotvec, rotvec_to_rotmat
+from starmd.evaluation.metrics import backbone_clash
 from starmd.geometry.backbone import IDEAL_LOCAL, backbone_atoms
+from starmd.geometry.contacts import (CONTACT_MIN_A, atom_rotation_jacobian, contact_distances, contact_jacobian,
+                                      contact_pairs)
 from starmd.geometry.peptide import peptide_bonded, peptide_distances, peptide_targets
 from starmd.model.network import StarMD
 from starmd.rollout.config import RolloutConfig
@@ -82,6 +85,42 @@ def test_jacobian_matches_finite_differences(villin):
             if res > 0:
                 expected[res - 1] = jac[res - 1, :, 1, axis]
             torch.testing.assert_close((moved - dist) / eps, expected, atol=1e-5, rtol=0)
+
+
+def test_contact_jacobian_matches_finite_differences(villin):
+    """Every atom, O included (it follows the next residue's N), and the chain's last residue."""
+    frames, aatype = villin
+    frames, aatype = _turned(frames[:6], 0.3, 2, seed=4), aatype[:6]
+    pairs = contact_pairs(6)
+    assert len(pairs[0]) == 16 * (4 + 3 + 2 + 1)  # 4 x 4 atoms for each of the 10 residue pairs two or more apart
+    atoms = backbone_atoms(frames, aatype)
+    jac = contact_jacobian(atoms, atom_rotation_jacobian(frames, aatype), *pairs)  # [2, P, 6, 3]
+    eps = 1e-6
+    for res in range(6):
+        for axis in range(3):
+            w = torch.zeros(2, 6, 3, dtype=F64)
+            w[:, res, axis] = eps
+            moved = [contact_distances(backbone_atoms(Rigid(frames.rots @ rotvec_to_rotmat(s * w), frames.trans),
+                                                      aatype), pairs) for s in (1, -1)]
+            torch.testing.assert_close((moved[0] - moved[1]) / (2 * eps), jac[:, :, res, axis], atol=1e-6, rtol=0)
+
+
+def test_conditioning_opens_backbone_clashes_and_keeps_the_bonds(villin):
+    """The crankshaft the three peptide distances leave free swings O(i) into N(i+2); the wall opens those clashes
+    (the evaluation's 2.5 A test) while the bonds stay closed, and a crystal without clashes keeps its contacts."""
+    frames, aatype = villin
+    chain = PeptideChain.from_start(frames, aatype)
+    pairs = contact_pairs(frames.shape[0])
+    assert contact_distances(backbone_atoms(frames, aatype), pairs).min() > CONTACT_MIN_A
+    turned = _turned(frames, 0.2, 8, seed=1)
+    assert backbone_clash(backbone_atoms(turned, aatype).numpy()).mean() > 0.8
+    out = condition_on_peptide_bonds(turned, chain, 1.0, None, torch.Generator().manual_seed(0))
+    atoms = backbone_atoms(out, aatype)
+    assert not backbone_clash(atoms.numpy()).any()
+    assert contact_distances(atoms, pairs).min() > CONTACT_MIN_A - 0.1
+    after, _ = peptide_distances(out, aatype)
+    assert after[..., 0].max() < 1.45
+    torch.testing.assert_close(out.trans, turned.trans, rtol=0, atol=0)
 
 
 def test_chain_breaks_are_not_bonded(villin):

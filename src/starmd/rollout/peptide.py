@@ -13,6 +13,12 @@ minimiser of
 is an exact draw from the conditioned law where d is linear in w (small turns), found by Gauss-Newton on body
 rotation vectors. Translations stay as drawn (the CA trace, which the law gets right), so the correction is the
 smallest turn of each frame, weighted by how sure the law was of it, that closes its peptide bonds.
+
+The three distances leave each peptide plane free to turn about CA(i)-CA(i+1), and the law's noisy rotations swing
+O(i) into N(i+2) or N(i+3) (docs/study: 30% of anchor frames clash with the bonds closed). The objective therefore
+also carries a soft wall, sum over backbone heavy-atom pairs of residues two or more apart of
+max(0, CONTACT_MIN_A - d)^2 / (scale x CONTACT_STD_A)^2 (`starmd.geometry.contacts`): a truncation of the law to
+frames without clashes rather than a Gaussian factor, so that part is MAP, not an exact draw.
 """
 
 from __future__ import annotations
@@ -21,12 +27,17 @@ from dataclasses import dataclass
 
 import torch
 
+from starmd.geometry.backbone import backbone_atoms
+from starmd.geometry.contacts import (CONTACT_MIN_A, atom_rotation_jacobian, contact_distances, contact_jacobian,
+                                      contact_pairs)
 from starmd.geometry.peptide import peptide_bonded, peptide_distances, peptide_targets
 from starmd.geometry.rigid import Rigid
 from starmd.geometry.so3 import rotmat_to_rotvec, rotvec_to_rotmat
 
 DEFAULT_ROT_STD = 0.1  # rad: the rotation width assumed without a step law (the study's model.step_std_init)
+CONTACT_STD_A = 0.05  # A: the wall's softness at scale 1: 0.05 A inside costs what a bond one AF2 spread off does
 _HALVINGS = 8  # most halvings of a Gauss-Newton step that would raise the objective
+_CONVERGED_RAD = 1e-5  # Gauss-Newton stops once no residue turns by more than this in a step
 
 
 @dataclass(frozen=True)
@@ -47,16 +58,19 @@ class PeptideChain:
 
 
 def condition_on_peptide_bonds(frames: Rigid, chain: PeptideChain, scale: float, rot_std: torch.Tensor | None,
-                               generator: torch.Generator | None, iterations: int = 5) -> Rigid:
-    """Frames Rigid [B, N] with rotations turned to close their peptide bonds (module docstring). scale: the
-    restraints' std in units of AlphaFold2's spreads (`peptide_targets`); rot_std [B, N] (rad) the law's rotation
-    width, or None (DEFAULT_ROT_STD). Gauss-Newton steps are halved where they would raise the objective (the three
-    distances cannot all hold when the drawn CA-CA distance exceeds the trans peptide's 3.8 A; the objective then
-    settles on a compromise). Translations are returned unchanged."""
+                               generator: torch.Generator | None, iterations: int = 10) -> Rigid:
+    """Frames Rigid [B, N] with rotations turned to close their peptide bonds and open their backbone clashes (module
+    docstring). scale: the restraints' std in units of AlphaFold2's spreads (`peptide_targets`) and of CONTACT_STD_A;
+    rot_std [B, N] (rad) the law's rotation width, or None (DEFAULT_ROT_STD). Gauss-Newton steps are halved where
+    they would raise the objective (the three distances cannot all hold when the drawn CA-CA distance exceeds the
+    trans peptide's 3.8 A; the objective then settles on a compromise); at most `iterations` steps, fewer once no
+    residue turns by more than _CONVERGED_RAD (the wall's active pairs change as it opens clashes, so it takes more
+    than the bonds alone). Translations are returned unchanged."""
     b, n = frames.shape
-    dtype, device = frames.dtype, frames.device
     if n < 2:
         return frames
+    drawn, frames = frames, frames.to(dtype=torch.float64)  # float32 rounding would hide the convergence test
+    dtype, device = frames.dtype, frames.device
     ideal, spread = (x.to(device=device, dtype=dtype) for x in peptide_targets(chain.aatype))  # [N-1, 3] each
     std = scale * spread
     noise = torch.randn((b, n - 1, 3), generator=generator, dtype=dtype, device=device)
@@ -65,16 +79,24 @@ def condition_on_peptide_bonds(frames: Rigid, chain: PeptideChain, scale: float,
     width = torch.full((b, n), DEFAULT_ROT_STD, dtype=dtype, device=device) if rot_std is None else rot_std.to(dtype)
     prior = (1.0 / width**2)[..., None].expand(b, n, 3)  # [B, N, 3] rad^-2
 
+    pairs = contact_pairs(n)
+    pairs = tuple(x.to(device) for x in pairs)
+    wall_std = scale * CONTACT_STD_A
+
     def state(rots: torch.Tensor) -> dict[str, torch.Tensor]:
-        dist, jac = peptide_distances(Rigid(rots, frames.trans), chain.aatype, with_jacobian=True)
+        moved = Rigid(rots, frames.trans)
+        dist, jac = peptide_distances(moved, chain.aatype, with_jacobian=True)
         resid = (dist - target) * weight  # [B, N-1, 3], in stds
         offset = rotmat_to_rotvec(frames.rots.transpose(-1, -2) @ rots)  # [B, N, 3] turn so far (body frame)
-        value = 0.5 * (resid.square().sum((-1, -2)) + (prior * offset.square()).sum((-1, -2)))  # [B]
+        inside = (CONTACT_MIN_A - contact_distances(backbone_atoms(moved, chain.aatype), pairs)).clamp_min(0)
+        value = 0.5 * (resid.square().sum((-1, -2)) + (prior * offset.square()).sum((-1, -2))
+                       + (inside / wall_std).square().sum(-1))  # [B]
         return {"rots": rots, "resid": resid, "jac": jac * weight[..., None, None], "offset": offset, "value": value}
 
     current = state(frames.rots)
     for _ in range(iterations):
-        step = _gauss_newton_step(current["resid"], current["jac"], prior, current["offset"])
+        wall_resid, wall_jac = _wall_terms(Rigid(current["rots"], frames.trans), chain.aatype, pairs, wall_std)
+        step = _gauss_newton_step(current["resid"], current["jac"], prior, current["offset"], wall_resid, wall_jac)
         step_size = torch.ones(b, dtype=dtype, device=device)
         for _ in range(_HALVINGS):
             trial = state(current["rots"] @ rotvec_to_rotmat(step_size[:, None, None] * step))
@@ -83,14 +105,31 @@ def condition_on_peptide_bonds(frames: Rigid, chain: PeptideChain, scale: float,
                 break
             step_size = torch.where(better, step_size, step_size / 2)
         current = {k: torch.where(better.view(-1, *[1] * (v.dim() - 1)), trial[k], v) for k, v in current.items()}
-    return Rigid(current["rots"], frames.trans)
+        taken = torch.where(better[:, None, None], step_size[:, None, None] * step, 0.0)  # a refused step is final
+        if float(taken.abs().max()) < _CONVERGED_RAD:
+            break
+    return Rigid(current["rots"].to(drawn.dtype), drawn.trans)
 
 
-def _gauss_newton_step(resid: torch.Tensor, jac: torch.Tensor, prior: torch.Tensor, offset: torch.Tensor
-                       ) -> torch.Tensor:
-    """The Gauss-Newton step [B, N, 3] of 0.5 (|resid|^2 + sum prior offset^2): (J^T J + diag(prior)) step =
-    -(J^T resid + prior offset), with J block-bidiagonal (each bond's rows touch residues i and i + 1) assembled as
-    a dense 3N x 3N system: one Cholesky per frame."""
+def _wall_terms(frames: Rigid, aatype: torch.Tensor, pairs: tuple[torch.Tensor, torch.Tensor], wall_std: float
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Residuals [B, P] (CONTACT_MIN_A - d) / wall_std of the pairs inside the wall in any frame (zero in frames where
+    a pair is outside) and their Jacobian [B, P, N, 3] in the body rotation vectors."""
+    atoms = backbone_atoms(frames, aatype)
+    inside = (CONTACT_MIN_A - contact_distances(atoms, pairs)).clamp_min(0)  # [B, P_all]
+    active = (inside > 0).any(0)
+    a, b = pairs[0][active], pairs[1][active]
+    jac = contact_jacobian(atoms, atom_rotation_jacobian(frames, aatype), a, b)  # [B, P, N, 3]
+    on = (inside[:, active] > 0).to(atoms.dtype)
+    return inside[:, active] / wall_std, -jac * (on / wall_std)[..., None, None]
+
+
+def _gauss_newton_step(resid: torch.Tensor, jac: torch.Tensor, prior: torch.Tensor, offset: torch.Tensor,
+                       wall_resid: torch.Tensor, wall_jac: torch.Tensor) -> torch.Tensor:
+    """The Gauss-Newton step [B, N, 3] of 0.5 (|resid|^2 + |wall_resid|^2 + sum prior offset^2):
+    (J^T J + diag(prior)) step = -(J^T r + prior offset), with the bonds' J block-bidiagonal (each bond's rows touch
+    residues i and i + 1) and the wall's dense (wall_jac [B, P, N, 3]), assembled as a 3N x 3N system: one Cholesky
+    per frame."""
     b, n, _ = offset.shape
     lo, hi = jac[..., 0, :], jac[..., 1, :]  # gradients on residue i and i + 1: [B, N-1, 3, 3]
     idx = torch.arange(n - 1, device=offset.device)
@@ -102,6 +141,9 @@ def _gauss_newton_step(resid: torch.Tensor, jac: torch.Tensor, prior: torch.Tens
     grad = prior * offset
     grad[:, :-1] += torch.einsum("bnki,bnk->bni", lo, resid)
     grad[:, 1:] += torch.einsum("bnki,bnk->bni", hi, resid)
-    hess = hess.permute(0, 1, 3, 2, 4).reshape(b, 3 * n, 3 * n) + torch.diag_embed(prior.reshape(b, 3 * n))
-    step = torch.cholesky_solve(-grad.reshape(b, 3 * n, 1), torch.linalg.cholesky(hess))
+    wall = wall_jac.reshape(b, -1, 3 * n)  # [B, P, 3N]
+    hess = (hess.permute(0, 1, 3, 2, 4).reshape(b, 3 * n, 3 * n) + torch.diag_embed(prior.reshape(b, 3 * n))
+            + wall.transpose(-1, -2) @ wall)
+    grad = grad.reshape(b, 3 * n, 1) + wall.transpose(-1, -2) @ wall_resid[..., None]
+    step = torch.cholesky_solve(-grad, torch.linalg.cholesky(hess))
     return step.reshape(b, n, 3)
