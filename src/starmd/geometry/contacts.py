@@ -13,6 +13,8 @@ every nonzero block of the Jacobian at a cost that does not grow with the chain.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 import torch.autograd.forward_ad as forward_ad
 
@@ -25,9 +27,10 @@ CONTACT_MIN_A = 2.6
 MIN_SEPARATION = 2  # residues i and i + 1 share a peptide bond: O(i)-N(i+1) is ~2.25 A by construction
 
 
+@lru_cache(maxsize=8)
 def contact_pairs(n_residues: int, min_separation: int = MIN_SEPARATION) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices a < b [P] into the flattened [N * 4] backbone atoms (N, CA, C, O per residue) of every pair of atoms on
-    residues at least min_separation apart."""
+    residues at least min_separation apart (cached: a rollout asks for the same protein's pairs every frame)."""
     residue = torch.arange(4 * n_residues) // 4
     a, b = torch.triu_indices(4 * n_residues, 4 * n_residues, offset=1)
     keep = residue[b] - residue[a] >= min_separation
