@@ -91,7 +91,7 @@ def test_contact_jacobian_matches_finite_differences(villin):
     """Every atom, O included (it follows the next residue's N), and the chain's last residue."""
     frames, aatype = villin
     frames, aatype = _turned(frames[:6], 0.3, 2, seed=4), aatype[:6]
-    pairs = contact_pairs(6)
+    pairs = contact_pairs(torch.zeros(6, 3, dtype=F64))  # every CA at one point: every pair can clash
     assert len(pairs[0]) == 16 * (4 + 3 + 2 + 1)  # 4 x 4 atoms for each of the 10 residue pairs two or more apart
     atoms = backbone_atoms(frames, aatype)
     jac = contact_jacobian(atoms, atom_rotation_jacobian(frames, aatype), *pairs)  # [2, P, 6, 3]
@@ -105,12 +105,28 @@ def test_contact_jacobian_matches_finite_differences(villin):
             torch.testing.assert_close((moved[0] - moved[1]) / (2 * eps), jac[:, :, res, axis], atol=1e-6, rtol=0)
 
 
+def test_contact_pairs_are_every_pair_the_rotations_can_bring_inside_the_wall(villin):
+    """Pruning by CA distance is exact for a rotation-only correction: frames turned at random (any rotation) never
+    bring a pair left out inside CONTACT_MIN_A, and the list grows with the chain, not its square."""
+    frames, aatype = villin
+    n = frames.shape[0]
+    pairs = contact_pairs(frames.trans)
+    every = contact_pairs(torch.zeros(n, 3, dtype=F64))
+    assert len(every[0]) == 8 * (n - 1) * (n - 2) and len(pairs[0]) < len(every[0]) / 3
+    kept = set(zip(pairs[0].tolist(), pairs[1].tolist()))
+    assert kept <= set(zip(every[0].tolist(), every[1].tolist()))
+    turned = _turned(frames, 3.0, 64, seed=5)  # ~uniform rotations
+    inside = contact_distances(backbone_atoms(turned, aatype), every) < CONTACT_MIN_A  # [64, P_all]
+    close = {(a, b) for a, b, hit in zip(every[0].tolist(), every[1].tolist(), inside.any(0).tolist()) if hit}
+    assert close and close <= kept
+
+
 def test_conditioning_opens_backbone_clashes_and_keeps_the_bonds(villin):
     """The crankshaft the three peptide distances leave free swings O(i) into N(i+2); the wall opens those clashes
     (the evaluation's 2.5 A test) while the bonds stay closed, and a crystal without clashes keeps its contacts."""
     frames, aatype = villin
     chain = PeptideChain.from_start(frames, aatype)
-    pairs = contact_pairs(frames.shape[0])
+    pairs = contact_pairs(frames.trans)
     assert contact_distances(backbone_atoms(frames, aatype), pairs).min() > CONTACT_MIN_A
     turned = _turned(frames, 0.2, 8, seed=1)
     assert backbone_clash(backbone_atoms(turned, aatype).numpy()).mean() > 0.8

@@ -13,28 +13,34 @@ every nonzero block of the Jacobian at a cost that does not grow with the chain.
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import torch
 import torch.autograd.forward_ad as forward_ad
 
-from starmd.geometry.backbone import backbone_atoms
+from starmd.geometry.backbone import IDEAL_LOCAL, backbone_atoms
 from starmd.geometry.rigid import Rigid
 from starmd.geometry.so3 import hat
 
 # Ramachandran & Sasisekharan's outer limit for N...O (2.6 A), the closest contact two backbone heavy atoms make.
 CONTACT_MIN_A = 2.6
 MIN_SEPARATION = 2  # residues i and i + 1 share a peptide bond: O(i)-N(i+1) is ~2.25 A by construction
+# Farthest any backbone atom sits from its CA (N and C in the backbone frame; O within |C| + |C-O| of it).
+ATOM_REACH_A = float(torch.maximum(IDEAL_LOCAL[:, 0].norm(dim=-1),
+                                   IDEAL_LOCAL[:, 1].norm(dim=-1) + IDEAL_LOCAL[:, 2].norm(dim=-1)).max())
 
 
-@lru_cache(maxsize=8)
-def contact_pairs(n_residues: int, min_separation: int = MIN_SEPARATION) -> tuple[torch.Tensor, torch.Tensor]:
+def contact_pairs(ca: torch.Tensor, min_separation: int = MIN_SEPARATION) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices a < b [P] into the flattened [N * 4] backbone atoms (N, CA, C, O per residue) of every pair of atoms on
-    residues at least min_separation apart (cached: a rollout asks for the same protein's pairs every frame)."""
-    residue = torch.arange(4 * n_residues) // 4
-    a, b = torch.triu_indices(4 * n_residues, 4 * n_residues, offset=1)
-    keep = residue[b] - residue[a] >= min_separation
-    return a[keep], b[keep]
+    residues at least min_separation apart that can come within CONTACT_MIN_A in some frame of CA positions
+    ca [..., N, 3] whatever the rotations: residues whose CAs are more than CONTACT_MIN_A + 2 x ATOM_REACH_A apart
+    never can, so a rotation-only correction needs O(N) pairs, not all 8 N^2."""
+    n = ca.shape[-2]
+    sep = torch.arange(n, device=ca.device)
+    near = (torch.cdist(ca, ca) <= CONTACT_MIN_A + 2 * ATOM_REACH_A).reshape(-1, n, n).any(0)  # [N, N]
+    i, j = torch.nonzero(near & (sep[None, :] - sep[:, None] >= min_separation), as_tuple=True)  # i < j
+    atom = torch.arange(4, device=ca.device)
+    a = (4 * i[:, None, None] + atom[None, :, None]).expand(-1, 4, 4)
+    b = (4 * j[:, None, None] + atom[None, None, :]).expand(-1, 4, 4)
+    return a.reshape(-1), b.reshape(-1)
 
 
 def atom_rotation_jacobian(frames: Rigid, aatype: torch.Tensor) -> torch.Tensor:

@@ -79,8 +79,7 @@ def condition_on_peptide_bonds(frames: Rigid, chain: PeptideChain, scale: float,
     width = torch.full((b, n), DEFAULT_ROT_STD, dtype=dtype, device=device) if rot_std is None else rot_std.to(dtype)
     prior = (1.0 / width**2)[..., None].expand(b, n, 3)  # [B, N, 3] rad^-2
 
-    pairs = contact_pairs(n)
-    pairs = tuple(x.to(device) for x in pairs)
+    pairs = contact_pairs(frames.trans)  # translations stay: the pairs that can clash are fixed up front
     wall_std = scale * CONTACT_STD_A
 
     def state(rots: torch.Tensor) -> dict[str, torch.Tensor]:
