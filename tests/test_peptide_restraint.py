@@ -17,8 +17,8 @@ import torch
 
 from starmd.data.residues import protein_residues, sequence_to_aatype
 from starmd.diffusion import SE3Diffuser
-from starmd.geometry import Rigid, rotmat_to_rotvec, rotvec_to_rotmat
 from starmd.evaluation.metrics import backbone_clash
+from starmd.geometry import Rigid, rotmat_to_rotvec, rotvec_to_rotmat
 from starmd.geometry.backbone import IDEAL_LOCAL, backbone_atoms
 from starmd.geometry.contacts import (CONTACT_MIN_A, atom_rotation_jacobian, contact_distances, contact_jacobian,
                                       contact_pairs)

@@ -87,14 +87,17 @@ def condition_on_peptide_bonds(frames: Rigid, chain: PeptideChain, scale: float,
         dist, jac = peptide_distances(moved, chain.aatype, with_jacobian=True)
         resid = (dist - target) * weight  # [B, N-1, 3], in stds
         offset = rotmat_to_rotvec(frames.rots.transpose(-1, -2) @ rots)  # [B, N, 3] turn so far (body frame)
-        inside = (CONTACT_MIN_A - contact_distances(backbone_atoms(moved, chain.aatype), pairs)).clamp_min(0)
+        atoms = backbone_atoms(moved, chain.aatype)  # [B, N, 4, 3]
+        inside = (CONTACT_MIN_A - contact_distances(atoms, pairs)).clamp_min(0)  # [B, P]
         value = 0.5 * (resid.square().sum((-1, -2)) + (prior * offset.square()).sum((-1, -2))
                        + (inside / wall_std).square().sum(-1))  # [B]
-        return {"rots": rots, "resid": resid, "jac": jac * weight[..., None, None], "offset": offset, "value": value}
+        return {"rots": rots, "resid": resid, "jac": jac * weight[..., None, None], "offset": offset, "value": value,
+                "atoms": atoms, "inside": inside}
 
     current = state(frames.rots)
     for _ in range(iterations):
-        wall_resid, wall_jac = _wall_terms(Rigid(current["rots"], frames.trans), chain.aatype, pairs, wall_std)
+        wall_resid, wall_jac = _wall_terms(Rigid(current["rots"], frames.trans), chain.aatype, pairs,
+                                           current["atoms"], current["inside"], wall_std)
         step = _gauss_newton_step(current["resid"], current["jac"], prior, current["offset"], wall_resid, wall_jac)
         step_size = torch.ones(b, dtype=dtype, device=device)
         for _ in range(_HALVINGS):
@@ -110,12 +113,11 @@ def condition_on_peptide_bonds(frames: Rigid, chain: PeptideChain, scale: float,
     return Rigid(current["rots"].to(drawn.dtype), drawn.trans)
 
 
-def _wall_terms(frames: Rigid, aatype: torch.Tensor, pairs: tuple[torch.Tensor, torch.Tensor], wall_std: float
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def _wall_terms(frames: Rigid, aatype: torch.Tensor, pairs: tuple[torch.Tensor, torch.Tensor], atoms: torch.Tensor,
+                inside: torch.Tensor, wall_std: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Residuals [B, P] (CONTACT_MIN_A - d) / wall_std of the pairs inside the wall in any frame (zero in frames where
-    a pair is outside) and their Jacobian [B, P, N, 3] in the body rotation vectors."""
-    atoms = backbone_atoms(frames, aatype)
-    inside = (CONTACT_MIN_A - contact_distances(atoms, pairs)).clamp_min(0)  # [B, P_all]
+    a pair is outside) and their Jacobian [B, P, N, 3] in the body rotation vectors, from the frames' backbone atoms
+    [B, N, 4, 3] and how far each of `pairs` is inside the wall [B, P_all] (the objective's own, not recomputed)."""
     active = (inside > 0).any(0)
     a, b = pairs[0][active], pairs[1][active]
     jac = contact_jacobian(atoms, atom_rotation_jacobian(frames, aatype), a, b)  # [B, P, N, 3]
