@@ -17,6 +17,16 @@ also see that frame relative to the context frame before it (the same anchor-pos
 per-residue displacement, so a target attending to its history reads motion directly instead of differencing
 conformations across frames. A context frame's rigids still start from itself.
 
+Extrapolating the history (`history_extrapolation` K). Positions alone are not Markov: the next frame depends on the
+hidden velocity, which only differences of past frames reveal. Reading it through S x T attention means differencing
+invariant singles across frames, which no variant learned on the known-answer system (docs/study/). With K > 0 a
+head on each target token's final single predicts K scalars c_k, and the x0 translation of target l adds
+sum_k c_k (x_{l-k} - x_{l-k-1}) over the displacements between its last K + 1 context frames (global frame, A): a
+per-residue linear filter over the history, equivariant (invariant weights times displacement vectors) and zero at
+initialisation (a "final" head), whose weights the translation loss fits directly. A displacement whose frames lie
+outside the context window (or before frame 0) is left out, so a window of 1 is exactly Markovian. The cache keeps
+the last K + 1 appended translations for it (O(K N)).
+
 The step's width (`step_std_init`). With it, a small head on each target token's final single also predicts the
 log width (A, rad) of that residue's next-frame law around the x0 prediction, and the denoiser is the posterior mean
 under that law (`SE3Diffuser.posterior_mean`, an EDM-style skip): at small diffusion time the x0 estimate follows the
@@ -76,7 +86,7 @@ class StarMD(nn.Module):
                  c_phys_time: int = 16, n_rbf: int = 16, rbf_max: float = 20.0, neighbour_radius: float = 8.0,
                  target_anchor: str = "previous", c_relative_time: int = 0, context_motion: bool = False,
                  step_std_init: list[float] | None = None, step_modes: int = 0,
-                 step_elastic: list[float] | None = None) -> None:
+                 step_elastic: list[float] | None = None, history_extrapolation: int = 0) -> None:
         super().__init__()
         if target_anchor not in ("previous", "self"):
             raise ValueError(f"model.target_anchor must be 'previous' or 'self', got {target_anchor!r}")
@@ -92,6 +102,8 @@ class StarMD(nn.Module):
             raise ValueError(f"model.step_elastic must be [cutoff A, contact stiffness A^-2, bond stiffness A^-2], "
                              f"all > 0, with step_std_init set and step_modes 0; got {step_elastic} (step_std_init "
                              f"{step_std_init}, step_modes {step_modes})")
+        if history_extrapolation < 0:
+            raise ValueError(f"model.history_extrapolation must be >= 0 (0 = off), got {history_extrapolation}")
         self.c_s_in, self.c_z_in, self.n_blocks = c_s_in, c_z_in, n_blocks
         self.target_anchor, self.c_relative_time, self.context_motion = target_anchor, c_relative_time, context_motion
         self.single_in = nn.Sequential(nn.LayerNorm(c_s_in), Linear(c_s_in, c_s))
@@ -102,6 +114,9 @@ class StarMD(nn.Module):
                            transition_n, update_pair=i < n_blocks - 1, c_relative_time=c_relative_time)
             for i in range(n_blocks)
         )
+        self.history_extrapolation = history_extrapolation
+        # weights of the last K context displacements in the x0 translation; zero at init (no extrapolation)
+        self.extrapolation = Linear(c_s, history_extrapolation, init="final") if history_extrapolation else None
         self.step_std = None
         if step_std_init is not None:  # per-residue log width of the next frame's law; starts at step_std_init
             self.step_std = Linear(c_s, 2, init="final")
@@ -195,7 +210,21 @@ class StarMD(nn.Module):
         pred, s, _ = self._denoise(s0, z0, Rigid.cat([ctx, tgt], dim=1), Rigid.cat([ctx_anchor, tgt_anchor], dim=1),
                                    Rigid.cat([ctx, tgt_anchor], dim=1), torch.cat([ctx_t, tgt_t], dim=1),
                                    frame_time_ps.repeat(1, 2), delta_t_ps, res_mask, layout)
-        return self._outputs(pred[:, n_frames:], s[:, n_frames:], res_mask)
+        pred, s = pred[:, n_frames:], s[:, n_frames:]
+        if self.extrapolation is not None:
+            pred = self._extrapolate(pred, s, window_displacements(ctx.trans, self.history_extrapolation, window),
+                                      res_mask)
+        return self._outputs(pred, s, res_mask)
+
+    def _extrapolate(self, pred: Rigid, single: torch.Tensor, displacements: torch.Tensor,
+                     res_mask: torch.Tensor) -> Rigid:
+        """x0 prediction Rigid [B, ..., N] plus sum_k c_k d_k: weights c [B, ..., N, K] from the final singles
+        [B, ..., N, c_s], displacements d [B, ..., K, N, 3] (A; zero where a frame is missing); padding (res_mask
+        [B, N] = 0) is not moved, as the trunk does not move it."""
+        mask = res_mask.reshape(res_mask.shape[0], *([1] * (single.dim() - 3)), res_mask.shape[1], 1)
+        weights = self.extrapolation(single).to(displacements.dtype) * mask.to(displacements.dtype)
+        shift = torch.einsum("...nk,...knc->...nc", weights, displacements)
+        return Rigid(pred.rots, pred.trans + shift.to(pred.trans.dtype))
 
     def _outputs(self, pred: Rigid, single: torch.Tensor, res_mask: torch.Tensor) -> dict:
         out = {"pred_rigids": pred, "single": single}
@@ -249,8 +278,9 @@ class StarMD(nn.Module):
         if max_frames is not None:
             attention = self.blocks[0].st_attention
             return StaticKVCache(s0, z0, res_mask, delta_t_ps, self.n_blocks, attention.n_heads, attention.c_hidden,
-                                 window, max_frames)
-        return KVCache(s0, z0, res_mask, delta_t_ps, self.n_blocks, window)
+                                 window, max_frames, recent_frames=self.history_extrapolation + 1)
+        return KVCache(s0, z0, res_mask, delta_t_ps, self.n_blocks, window,
+                       recent_frames=self.history_extrapolation + 1)
 
     def frame_pass(self, s0: torch.Tensor, z0: torch.Tensor, frame: Rigid, anchor: Rigid, start: Rigid,
                    t: torch.Tensor, frame_time_ps: torch.Tensor, delta_t_ps: torch.Tensor, res_mask: torch.Tensor,
@@ -306,6 +336,9 @@ class StarMD(nn.Module):
         use_previous = self.target_anchor == "previous" and cache.last_frame is not None
         anchor = cache.last_frame if use_previous else frame
         pred, s, _ = self._single_frame(cache, frame, anchor, anchor, t, frame_time_ps, frame_pass)
+        if self.extrapolation is not None:
+            pred = self._extrapolate(pred, s, cached_displacements(cache.recent_trans, self.history_extrapolation,
+                                                                   frame.trans), cache.res_mask)
         return self._outputs(pred, s, cache.res_mask)
 
     def append(self, cache: KVCache | StaticKVCache, frame: Rigid, tau: torch.Tensor, frame_time_ps: torch.Tensor,
@@ -317,6 +350,30 @@ class StarMD(nn.Module):
         seen_from = cache.last_frame if self.context_motion and cache.last_frame is not None else frame
         _, _, kvs = self._single_frame(cache, frame, seen_from, frame, tau, frame_time_ps, frame_pass)
         cache.push(kvs, frame, frame_time_ps)
+
+
+def window_displacements(ctx_trans: torch.Tensor, k_max: int, window: int | None) -> torch.Tensor:
+    """Per target l the displacements x_{l-k} - x_{l-k-1}, k = 1..k_max, of the context translations [B, L, N, 3]
+    -> [B, L, k_max, N, 3] (A), zero where frame l-k-1 is before frame 0 or outside the window (frames l - window
+    .. l - 1 are visible to target l)."""
+    b, n_frames, n, _ = ctx_trans.shape
+    steps = ctx_trans[:, 1:] - ctx_trans[:, :-1]  # [B, L-1, N, 3]: step j ends at context frame j + 1
+    out = ctx_trans.new_zeros(b, n_frames, k_max, n, 3)
+    limit = k_max if window is None else min(k_max, window - 1)
+    for k in range(1, limit + 1):
+        # target l >= k + 1 uses the step ending at frame l - k, i.e. steps[l - k - 1]
+        out[:, k + 1:, k - 1] = steps[:, :n_frames - k - 1]
+    return out
+
+
+def cached_displacements(recent_trans: torch.Tensor | None, k_max: int, like: torch.Tensor) -> torch.Tensor:
+    """The same for a cache's recent translations [B, M, N, 3] (oldest first; None = empty): [B, k_max, N, 3], the
+    newest step first, zero beyond the held frames. `like` [B, N, 3] gives the shape, dtype and device."""
+    out = like.new_zeros(like.shape[0], k_max, *like.shape[1:])
+    if recent_trans is not None and recent_trans.shape[1] > 1:
+        steps = (recent_trans[:, 1:] - recent_trans[:, :-1]).flip(1)[:, :k_max]  # newest first
+        out[:, :steps.shape[1]] = steps.to(out.dtype)
+    return out
 
 
 def _check_times(t: torch.Tensor, frame_time_ps: torch.Tensor, delta_t_ps: torch.Tensor) -> None:
