@@ -40,9 +40,10 @@ def test_cached_displacements_match_the_forward_for_the_next_target():
         assert torch.equal(cached_displacements(recent, K, x[:, 0]), full[:, held])
 
 
+@pytest.mark.parametrize("coupling", ["pair", "residue"])
 @pytest.mark.parametrize("window", [None, 2])
-def test_cached_rollout_equals_block_causal_forward(window):
-    model, x = tiny_model(history_extrapolation=K), inputs(n_frames=5)
+def test_cached_rollout_equals_block_causal_forward(window, coupling):
+    model, x = tiny_model(history_extrapolation=K, history_coupling=coupling), inputs(n_frames=5)
     full = model(**x, window=window)["pred_rigids"]
     preds, cache = rollout_predictions(model, x, window)
     for l, pred in enumerate(preds):
@@ -50,9 +51,10 @@ def test_cached_rollout_equals_block_causal_forward(window):
     assert cache.recent_trans.shape[1] == (K + 1 if window is None else window)
 
 
-def test_extrapolation_reaches_late_targets_and_is_causal():
-    model, x = tiny_model(history_extrapolation=K), inputs(n_frames=5)
-    plain = tiny_model(history_extrapolation=K)
+@pytest.mark.parametrize("coupling", ["pair", "residue"])
+def test_extrapolation_reaches_late_targets_and_is_causal(coupling):
+    model, x = tiny_model(history_extrapolation=K, history_coupling=coupling), inputs(n_frames=5)
+    plain = tiny_model(history_extrapolation=K, history_coupling=coupling)
     with torch.no_grad():
         plain.extrapolation.weight.zero_()
         plain.extrapolation.bias.zero_()
@@ -67,8 +69,9 @@ def test_extrapolation_reaches_late_targets_and_is_causal():
     assert torch.equal(out2.trans[:, :4], out.trans[:, :4]) and max_err(out2[:, 4], out[:, 4]) > 1e-3
 
 
-def test_output_stays_se3_equivariant():
-    model, x = tiny_model(history_extrapolation=K), inputs(n_frames=5)
+@pytest.mark.parametrize("coupling", ["pair", "residue"])
+def test_output_stays_se3_equivariant(coupling):
+    model, x = tiny_model(history_extrapolation=K, history_coupling=coupling), inputs(n_frames=5)
     out = model(**x)["pred_rigids"]
     g = torch.Generator().manual_seed(3)
     rot, shift = random_rotation((), g, dtype=F64), 15.0 * torch.randn(3, generator=g, dtype=F64)
@@ -76,9 +79,11 @@ def test_output_stays_se3_equivariant():
     assert max_err(moved["pred_rigids"], transform(out, rot, shift)) < 1e-5
 
 
-def test_head_starts_at_zero_so_a_new_model_predicts_as_without_it():
+@pytest.mark.parametrize("coupling", ["pair", "residue"])
+def test_head_starts_at_zero_so_a_new_model_predicts_as_without_it(coupling):
     torch.manual_seed(0)
-    with_head = StarMD(c_s_in=C_S_IN, c_z_in=C_Z_IN, **TINY, history_extrapolation=K).to(F64)
+    with_head = StarMD(c_s_in=C_S_IN, c_z_in=C_Z_IN, **TINY, history_extrapolation=K,
+                       history_coupling=coupling).to(F64)
     without = StarMD(c_s_in=C_S_IN, c_z_in=C_Z_IN, **TINY).to(F64)
     missing, unexpected = without.load_state_dict(with_head.state_dict(), strict=False)
     assert not missing and unexpected == ["extrapolation.weight", "extrapolation.bias"]
@@ -97,6 +102,32 @@ def test_a_context_window_of_one_adds_nothing():
     assert max_err(model(**x, window=2)["pred_rigids"], plain(**x, window=2)["pred_rigids"]) > 1e-3
 
 
-def test_negative_k_is_refused():
+def test_pair_coupling_moves_a_residue_with_the_others_displacements():
+    """With pair weights, residue 0's shift follows residue 3's history; padding moves nobody."""
+    model, x = tiny_model(history_extrapolation=K), inputs(n_frames=5)
+    d = window_displacements(x["ctx"].trans, K, None)
+    out = model(**x)
+    pred = out["pred_rigids"]
+    bumped = d.clone()
+    bumped[:, :, :, 3] += 1.0
+    shifted = model._extrapolate(pred, out["single"], _final_pair(model, x), bumped, x["res_mask"])
+    base = model._extrapolate(pred, out["single"], _final_pair(model, x), d, x["res_mask"])
+    assert (shifted.trans[:, 2:, 0] - base.trans[:, 2:, 0]).abs().amax() > 1e-4
+    padded = d.clone()
+    padded[1, :, :, 0] += 100.0  # residue 0 of protein 1 is padding
+    moved = model._extrapolate(pred, out["single"], _final_pair(model, x), padded, x["res_mask"])
+    assert torch.equal(moved.trans, base.trans)
+
+
+def _final_pair(model: StarMD, x: dict) -> torch.Tensor:
+    """Any pair tensor of the right shape [B, L, N, N, c_z] (the head is linear in it)."""
+    b, n_frames, n = x["tgt"].shape
+    g = torch.Generator().manual_seed(9)
+    return torch.randn(b, n_frames, n, n, TINY["c_z"], generator=g, dtype=F64)
+
+
+def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="history_extrapolation"):
         StarMD(c_s_in=C_S_IN, c_z_in=C_Z_IN, **TINY, history_extrapolation=-1)
+    with pytest.raises(ValueError, match="history_coupling"):
+        StarMD(c_s_in=C_S_IN, c_z_in=C_Z_IN, **TINY, history_extrapolation=2, history_coupling="global")

@@ -20,10 +20,14 @@ conformations across frames. A context frame's rigids still start from itself.
 Extrapolating the history (`history_extrapolation` K). Positions alone are not Markov: the next frame depends on the
 hidden velocity, which only differences of past frames reveal. Reading it through S x T attention means differencing
 invariant singles across frames, which no variant learned on the known-answer system (docs/study/). With K > 0 a
-head on each target token's final single predicts K scalars c_k, and the x0 translation of target l adds
-sum_k c_k (x_{l-k} - x_{l-k-1}) over the displacements between its last K + 1 context frames (global frame, A): a
-per-residue linear filter over the history, equivariant (invariant weights times displacement vectors) and zero at
-initialisation (a "final" head), whose weights the translation loss fits directly. A displacement whose frames lie
+head predicts weights and the x0 translation of target l adds a weighted sum of the displacements
+x_{l-k} - x_{l-k-1}, k = 1..K, between its last K + 1 context frames (global frame, A): a linear filter over the
+history, equivariant (invariant weights times displacement vectors) and zero at initialisation (a "final" head),
+whose weights the translation loss fits directly. With `history_coupling: pair` (default) the weight of residue j's
+displacements in residue i's shift comes from the target frame's final pair state z_ij (divided by the number of
+residues), so the filter can read collective motion: on the known-answer system a slow mode's momentum is invisible
+in one residue's noisy steps and clear in their projection on the mode. With `residue` each residue filters only its
+own displacements (weights from its single; measured first, it did not help). A displacement whose frames lie
 outside the context window (or before frame 0) is left out, so a window of 1 is exactly Markovian. The cache keeps
 the last K + 1 appended translations for it (O(K N)).
 
@@ -86,7 +90,8 @@ class StarMD(nn.Module):
                  c_phys_time: int = 16, n_rbf: int = 16, rbf_max: float = 20.0, neighbour_radius: float = 8.0,
                  target_anchor: str = "previous", c_relative_time: int = 0, context_motion: bool = False,
                  step_std_init: list[float] | None = None, step_modes: int = 0,
-                 step_elastic: list[float] | None = None, history_extrapolation: int = 0) -> None:
+                 step_elastic: list[float] | None = None, history_extrapolation: int = 0,
+                 history_coupling: str = "pair") -> None:
         super().__init__()
         if target_anchor not in ("previous", "self"):
             raise ValueError(f"model.target_anchor must be 'previous' or 'self', got {target_anchor!r}")
@@ -104,6 +109,8 @@ class StarMD(nn.Module):
                              f"{step_std_init}, step_modes {step_modes})")
         if history_extrapolation < 0:
             raise ValueError(f"model.history_extrapolation must be >= 0 (0 = off), got {history_extrapolation}")
+        if history_coupling not in ("pair", "residue"):
+            raise ValueError(f"model.history_coupling must be 'pair' or 'residue', got {history_coupling!r}")
         self.c_s_in, self.c_z_in, self.n_blocks = c_s_in, c_z_in, n_blocks
         self.target_anchor, self.c_relative_time, self.context_motion = target_anchor, c_relative_time, context_motion
         self.single_in = nn.Sequential(nn.LayerNorm(c_s_in), Linear(c_s_in, c_s))
@@ -114,9 +121,12 @@ class StarMD(nn.Module):
                            transition_n, update_pair=i < n_blocks - 1, c_relative_time=c_relative_time)
             for i in range(n_blocks)
         )
-        self.history_extrapolation = history_extrapolation
+        self.history_extrapolation, self.history_coupling = history_extrapolation, history_coupling
         # weights of the last K context displacements in the x0 translation; zero at init (no extrapolation)
-        self.extrapolation = Linear(c_s, history_extrapolation, init="final") if history_extrapolation else None
+        self.extrapolation = None
+        if history_extrapolation:
+            c_in = c_z if history_coupling == "pair" else c_s
+            self.extrapolation = Linear(c_in, history_extrapolation, init="final")
         self.step_std = None
         if step_std_init is not None:  # per-residue log width of the next frame's law; starts at step_std_init
             self.step_std = Linear(c_s, 2, init="final")
@@ -151,12 +161,12 @@ class StarMD(nn.Module):
                  attn_mask: torch.Tensor | BlockCausalLayout | None,
                  past_kv: list[tuple[torch.Tensor, torch.Tensor] | None] | None = None,
                  past_times: torch.Tensor | None = None
-                 ) -> tuple[Rigid, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+                 ) -> tuple[Rigid, torch.Tensor, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
         """F frames through the trunk. frames, anchors (pose features) and starts (the rigids updates compose onto)
         Rigid [B, F, N] (A), t / frame_time_ps [B, F], attn_mask [B, 1, F N or 1, T_past + F N] (None: all visible)
         or the training BlockCausalLayout; past_kv: per block the held keys/values [B, H, T_past, C] (or None), and
         past_times [B, F_past] their frames' times. Returns x0 prediction Rigid [B, F, N] (A), singles
-        [B, F, N, c_s] and the per-block S x T keys/values [B, H, F N, C]."""
+        [B, F, N, c_s], the final pair state [B, F, N, N, c_z] and the per-block S x T keys/values [B, H, F N, C]."""
         s, z = self.frame_encoder(s0, z0, frames, anchors, t, frame_time_ps, delta_t_ps, res_mask)
         time_feats = None
         if self.c_relative_time:
@@ -171,7 +181,7 @@ class StarMD(nn.Module):
             else:
                 s, z, rigids, kv = block(*args)
             kvs.append(kv)
-        return rigids.scale_translation(1.0 / _NM_PER_ANGSTROM), s, kvs
+        return rigids.scale_translation(1.0 / _NM_PER_ANGSTROM), s, z, kvs
 
     # --- training -----------------------------------------------------------------------------------------------
     def forward(self, single: torch.Tensor, pair: torch.Tensor, ctx: Rigid, ctx_t: torch.Tensor, tgt: Rigid,
@@ -207,23 +217,30 @@ class StarMD(nn.Module):
         previous_ctx = Rigid.cat([ctx[:, :1], ctx[:, :-1]], dim=1)  # frame l-1 of context l (frame 0: itself)
         tgt_anchor = tgt if self.target_anchor == "self" else Rigid.cat([tgt[:, :1], ctx[:, :-1]], dim=1)
         ctx_anchor = previous_ctx if self.context_motion else ctx
-        pred, s, _ = self._denoise(s0, z0, Rigid.cat([ctx, tgt], dim=1), Rigid.cat([ctx_anchor, tgt_anchor], dim=1),
+        pred, s, z, _ = self._denoise(s0, z0, Rigid.cat([ctx, tgt], dim=1), Rigid.cat([ctx_anchor, tgt_anchor], dim=1),
                                    Rigid.cat([ctx, tgt_anchor], dim=1), torch.cat([ctx_t, tgt_t], dim=1),
                                    frame_time_ps.repeat(1, 2), delta_t_ps, res_mask, layout)
-        pred, s = pred[:, n_frames:], s[:, n_frames:]
+        pred, s, z = pred[:, n_frames:], s[:, n_frames:], z[:, n_frames:]
         if self.extrapolation is not None:
-            pred = self._extrapolate(pred, s, window_displacements(ctx.trans, self.history_extrapolation, window),
-                                      res_mask)
+            pred = self._extrapolate(pred, s, z, window_displacements(ctx.trans, self.history_extrapolation, window),
+                                     res_mask)
         return self._outputs(pred, s, res_mask)
 
-    def _extrapolate(self, pred: Rigid, single: torch.Tensor, displacements: torch.Tensor,
+    def _extrapolate(self, pred: Rigid, single: torch.Tensor, pair: torch.Tensor, displacements: torch.Tensor,
                      res_mask: torch.Tensor) -> Rigid:
-        """x0 prediction Rigid [B, ..., N] plus sum_k c_k d_k: weights c [B, ..., N, K] from the final singles
-        [B, ..., N, c_s], displacements d [B, ..., K, N, 3] (A; zero where a frame is missing); padding (res_mask
-        [B, N] = 0) is not moved, as the trunk does not move it."""
-        mask = res_mask.reshape(res_mask.shape[0], *([1] * (single.dim() - 3)), res_mask.shape[1], 1)
-        weights = self.extrapolation(single).to(displacements.dtype) * mask.to(displacements.dtype)
-        shift = torch.einsum("...nk,...knc->...nc", weights, displacements)
+        """x0 prediction Rigid [B, ..., N] plus the filtered displacements d [B, ..., K, N, 3] (A; zero where a frame
+        is missing): sum_k c_ik d_ik with c from the final singles [B, ..., N, c_s] (`residue`), or
+        sum_jk w_ijk d_jk / N_real with w from the final pair state [B, ..., N, N, c_z] (`pair`). Padding (res_mask
+        [B, N] = 0) neither moves nor moves others."""
+        mask = res_mask.to(displacements.dtype).reshape(res_mask.shape[0], *([1] * (single.dim() - 3)),
+                                                        res_mask.shape[1])  # [B, ..., N]
+        if self.history_coupling == "residue":
+            weights = self.extrapolation(single).to(displacements.dtype) * mask[..., None]
+            shift = torch.einsum("...nk,...knc->...nc", weights, displacements)
+        else:
+            pairs = mask[..., :, None] * mask[..., None, :] / mask.sum(-1, keepdim=True)[..., None]  # [B, ..., N, N]
+            weights = self.extrapolation(pair).to(displacements.dtype) * pairs[..., None]
+            shift = torch.einsum("...ijk,...kjc->...ic", weights, displacements)
         return Rigid(pred.rots, pred.trans + shift.to(pred.trans.dtype))
 
     def _outputs(self, pred: Rigid, single: torch.Tensor, res_mask: torch.Tensor) -> dict:
@@ -286,14 +303,14 @@ class StarMD(nn.Module):
                    t: torch.Tensor, frame_time_ps: torch.Tensor, delta_t_ps: torch.Tensor, res_mask: torch.Tensor,
                    attn_mask: torch.Tensor | None, past_kv: list[tuple[torch.Tensor, torch.Tensor] | None] | None,
                    past_times: torch.Tensor | None
-                   ) -> tuple[Rigid, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+                   ) -> tuple[Rigid, torch.Tensor, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
         """One frame Rigid [B, N], seen from `anchor` and updated from `start`, through the trunk against held keys
         and values (`cache.past_kv()`). A function of its tensor arguments only, with no data-dependent branch, so
         torch.compile can capture it whole (`compile_frame_pass`). Returns x0 prediction Rigid [B, N] (A), singles
-        [B, N, c_s] and the frame's per-block keys/values [B, H, N, C]."""
-        pred, s, kvs = self._denoise(s0, z0, frame.unsqueeze(1), anchor.unsqueeze(1), start.unsqueeze(1), t[:, None],
+        [B, N, c_s], the final pair state [B, N, N, c_z] and the frame's per-block keys/values [B, H, N, C]."""
+        pred, s, z, kvs = self._denoise(s0, z0, frame.unsqueeze(1), anchor.unsqueeze(1), start.unsqueeze(1), t[:, None],
                                      frame_time_ps[:, None], delta_t_ps, res_mask, attn_mask, past_kv, past_times)
-        return pred[:, 0], s[:, 0], kvs
+        return pred[:, 0], s[:, 0], z[:, 0], kvs
 
     def compile_frame_pass(self, device: torch.device, max_shapes: int) -> Callable[..., Any]:
         """`frame_pass` through torch.compile: on CUDA with mode "reduce-overhead" (the step is captured as a CUDA
@@ -308,7 +325,7 @@ class StarMD(nn.Module):
 
     def _single_frame(self, cache: KVCache | StaticKVCache, frame: Rigid, anchor: Rigid, start: Rigid,
                       t: torch.Tensor, frame_time_ps: torch.Tensor, frame_pass: Callable[..., Any] | None
-                      ) -> tuple[Rigid, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+                      ) -> tuple[Rigid, torch.Tensor, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
         """One frame Rigid [B, N] against every held frame and itself, through `frame_pass` (eager unless a
         compiled one is given; the eager path also checks the times, which a compiled one cannot without a sync)."""
         b, n = cache.res_mask.shape
@@ -335,9 +352,9 @@ class StarMD(nn.Module):
         """
         use_previous = self.target_anchor == "previous" and cache.last_frame is not None
         anchor = cache.last_frame if use_previous else frame
-        pred, s, _ = self._single_frame(cache, frame, anchor, anchor, t, frame_time_ps, frame_pass)
+        pred, s, z, _ = self._single_frame(cache, frame, anchor, anchor, t, frame_time_ps, frame_pass)
         if self.extrapolation is not None:
-            pred = self._extrapolate(pred, s, cached_displacements(cache.recent_trans, self.history_extrapolation,
+            pred = self._extrapolate(pred, s, z, cached_displacements(cache.recent_trans, self.history_extrapolation,
                                                                    frame.trans), cache.res_mask)
         return self._outputs(pred, s, cache.res_mask)
 
@@ -348,7 +365,7 @@ class StarMD(nn.Module):
         frame: Rigid [B, N] (A); frame_time_ps: [B]. Computes exactly the full forward's context frame.
         """
         seen_from = cache.last_frame if self.context_motion and cache.last_frame is not None else frame
-        _, _, kvs = self._single_frame(cache, frame, seen_from, frame, tau, frame_time_ps, frame_pass)
+        _, _, _, kvs = self._single_frame(cache, frame, seen_from, frame, tau, frame_time_ps, frame_pass)
         cache.push(kvs, frame, frame_time_ps)
 
 
