@@ -27,7 +27,10 @@ whose weights the translation loss fits directly. With `history_coupling: pair` 
 displacements in residue i's shift comes from the target frame's final pair state z_ij (divided by the number of
 residues), so the filter can read collective motion: on the known-answer system a slow mode's momentum is invisible
 in one residue's noisy steps and clear in their projection on the mode. With `residue` each residue filters only its
-own displacements (weights from its single; measured first, it did not help). A displacement whose frames lie
+own displacements (weights from its single; measured first, it did not help). With `anchor` the pair weights come
+from the protein's static pair features and the shift moves target l's anchor (context frame l - 1) before the
+trunk, so the trunk's update starts from the extrapolated frame and sees the noisy target relative to it: at small
+diffusion time the noisy frame, not the filter, decides where x0 is, and the filter need not learn to switch off. A displacement whose frames lie
 outside the context window (or before frame 0) is left out, so a window of 1 is exactly Markovian. The cache keeps
 the last K + 1 appended translations for it (O(K N)).
 
@@ -109,8 +112,11 @@ class StarMD(nn.Module):
                              f"{step_std_init}, step_modes {step_modes})")
         if history_extrapolation < 0:
             raise ValueError(f"model.history_extrapolation must be >= 0 (0 = off), got {history_extrapolation}")
-        if history_coupling not in ("pair", "residue"):
-            raise ValueError(f"model.history_coupling must be 'pair' or 'residue', got {history_coupling!r}")
+        if history_coupling not in ("pair", "residue", "anchor"):
+            raise ValueError(f"model.history_coupling must be 'pair', 'residue' or 'anchor', got {history_coupling!r}")
+        if history_coupling == "anchor" and target_anchor != "previous":
+            raise ValueError("model.history_coupling 'anchor' moves the previous-frame anchor: it needs "
+                             f"model.target_anchor 'previous', got {target_anchor!r}")
         self.c_s_in, self.c_z_in, self.n_blocks = c_s_in, c_z_in, n_blocks
         self.target_anchor, self.c_relative_time, self.context_motion = target_anchor, c_relative_time, context_motion
         self.single_in = nn.Sequential(nn.LayerNorm(c_s_in), Linear(c_s_in, c_s))
@@ -125,7 +131,7 @@ class StarMD(nn.Module):
         # weights of the last K context displacements in the x0 translation; zero at init (no extrapolation)
         self.extrapolation = None
         if history_extrapolation:
-            c_in = c_z if history_coupling == "pair" else c_s
+            c_in = c_s if history_coupling == "residue" else c_z
             self.extrapolation = Linear(c_in, history_extrapolation, init="final")
         self.step_std = None
         if step_std_init is not None:  # per-residue log width of the next frame's law; starts at step_std_init
@@ -216,32 +222,34 @@ class StarMD(nn.Module):
         layout = BlockCausalLayout(n_frames, n, res_mask.bool(), window)  # block-causal S x T, no token mask
         previous_ctx = Rigid.cat([ctx[:, :1], ctx[:, :-1]], dim=1)  # frame l-1 of context l (frame 0: itself)
         tgt_anchor = tgt if self.target_anchor == "self" else Rigid.cat([tgt[:, :1], ctx[:, :-1]], dim=1)
+        if self.extrapolation is not None:
+            displacements = window_displacements(ctx.trans, self.history_extrapolation, window)
+            if self.history_coupling == "anchor":  # target 0 has no displacement: its anchor stays itself
+                tgt_anchor = self._shifted(tgt_anchor, z0[:, None], displacements, res_mask)
         ctx_anchor = previous_ctx if self.context_motion else ctx
         pred, s, z, _ = self._denoise(s0, z0, Rigid.cat([ctx, tgt], dim=1), Rigid.cat([ctx_anchor, tgt_anchor], dim=1),
                                    Rigid.cat([ctx, tgt_anchor], dim=1), torch.cat([ctx_t, tgt_t], dim=1),
                                    frame_time_ps.repeat(1, 2), delta_t_ps, res_mask, layout)
         pred, s, z = pred[:, n_frames:], s[:, n_frames:], z[:, n_frames:]
-        if self.extrapolation is not None:
-            pred = self._extrapolate(pred, s, z, window_displacements(ctx.trans, self.history_extrapolation, window),
-                                     res_mask)
+        if self.extrapolation is not None and self.history_coupling != "anchor":
+            pred = self._shifted(pred, s if self.history_coupling == "residue" else z, displacements, res_mask)
         return self._outputs(pred, s, res_mask)
 
-    def _extrapolate(self, pred: Rigid, single: torch.Tensor, pair: torch.Tensor, displacements: torch.Tensor,
-                     res_mask: torch.Tensor) -> Rigid:
-        """x0 prediction Rigid [B, ..., N] plus the filtered displacements d [B, ..., K, N, 3] (A; zero where a frame
-        is missing): sum_k c_ik d_ik with c from the final singles [B, ..., N, c_s] (`residue`), or
-        sum_jk w_ijk d_jk / N_real with w from the final pair state [B, ..., N, N, c_z] (`pair`). Padding (res_mask
-        [B, N] = 0) neither moves nor moves others."""
-        mask = res_mask.to(displacements.dtype).reshape(res_mask.shape[0], *([1] * (single.dim() - 3)),
+    def _shifted(self, rigid: Rigid, features: torch.Tensor, displacements: torch.Tensor,
+                 res_mask: torch.Tensor) -> Rigid:
+        """Rigid [B, ..., N] with its translations moved by the filtered displacements d [B, ..., K, N, 3] (A; zero
+        where a frame is missing): sum_k c_ik d_ik with c from singles [B, ..., N, c_s] (`residue`), or
+        sum_jk w_ijk d_jk / N_real with w from a pair state [B, ..., N, N, c_z] (`pair`, `anchor`; leading dims may
+        broadcast). Padding (res_mask [B, N] = 0) neither moves nor moves others."""
+        mask = res_mask.to(displacements.dtype).reshape(res_mask.shape[0], *([1] * (displacements.dim() - 4)),
                                                         res_mask.shape[1])  # [B, ..., N]
+        weights = self.extrapolation(features).to(displacements.dtype)
         if self.history_coupling == "residue":
-            weights = self.extrapolation(single).to(displacements.dtype) * mask[..., None]
-            shift = torch.einsum("...nk,...knc->...nc", weights, displacements)
+            shift = torch.einsum("...nk,...knc->...nc", weights * mask[..., None], displacements)
         else:
             pairs = mask[..., :, None] * mask[..., None, :] / mask.sum(-1, keepdim=True)[..., None]  # [B, ..., N, N]
-            weights = self.extrapolation(pair).to(displacements.dtype) * pairs[..., None]
-            shift = torch.einsum("...ijk,...kjc->...ic", weights, displacements)
-        return Rigid(pred.rots, pred.trans + shift.to(pred.trans.dtype))
+            shift = torch.einsum("...ijk,...kjc->...ic", weights * pairs[..., None], displacements)
+        return Rigid(rigid.rots, rigid.trans + shift.to(rigid.trans.dtype))
 
     def _outputs(self, pred: Rigid, single: torch.Tensor, res_mask: torch.Tensor) -> dict:
         out = {"pred_rigids": pred, "single": single}
@@ -352,10 +360,13 @@ class StarMD(nn.Module):
         """
         use_previous = self.target_anchor == "previous" and cache.last_frame is not None
         anchor = cache.last_frame if use_previous else frame
-        pred, s, z, _ = self._single_frame(cache, frame, anchor, anchor, t, frame_time_ps, frame_pass)
         if self.extrapolation is not None:
-            pred = self._extrapolate(pred, s, z, cached_displacements(cache.recent_trans, self.history_extrapolation,
-                                                                   frame.trans), cache.res_mask)
+            displacements = cached_displacements(cache.recent_trans, self.history_extrapolation, frame.trans)
+            if self.history_coupling == "anchor":
+                anchor = self._shifted(anchor, cache.static_pair, displacements, cache.res_mask)
+        pred, s, z, _ = self._single_frame(cache, frame, anchor, anchor, t, frame_time_ps, frame_pass)
+        if self.extrapolation is not None and self.history_coupling != "anchor":
+            pred = self._shifted(pred, s if self.history_coupling == "residue" else z, displacements, cache.res_mask)
         return self._outputs(pred, s, cache.res_mask)
 
     def append(self, cache: KVCache | StaticKVCache, frame: Rigid, tau: torch.Tensor, frame_time_ps: torch.Tensor,
