@@ -4,6 +4,7 @@
     python scripts/synthetic_study.py table --spec docs/study/synthetic_study.yaml --out docs/study/
     python scripts/synthetic_study.py ideal --spec docs/study/synthetic_study.yaml --out docs/study/
     python scripts/synthetic_study.py onestep --spec docs/study/synthetic_study.yaml --out docs/study/
+    python scripts/synthetic_study.py filters --spec docs/study/synthetic_study.yaml --out docs/study/
 
 `run` needs the synthetic data (`snakemake --cores all data/frames/enm1_A.h5 data/features/offline/enm1_A.h5
 --configfile config.synthetic.yaml`; targets before --configfile, which takes every path after it) and trains, rolls
@@ -17,6 +18,8 @@ given the last K history frames re-noised at tau) reaches at the rollout's size,
 next to the trained variants: what is reachable at all. `onestep` writes onestep.{json,md}: each trained variant's
 next frame after K true MD frames (re-noised at its rollout tau by the rollout code), against the exact conditional
 law of the slow modes given those frames; this separates a wrong transition from errors that compound along a rollout.
+`filters` writes filters.{json,md}: least-squares linear predictors of the next step from noised MD history
+(starmd.evaluation.filters), per-residue vs over all residues, with and without history: where the momentum is.
 """
 
 from __future__ import annotations
@@ -357,10 +360,50 @@ def cmd_onestep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_filters(args: argparse.Namespace) -> int:
+    import h5py
+    import numpy as np
+
+    from starmd.diffusion.r3 import R3Diffuser
+    from starmd.evaluation.filters import filter_scores
+    from starmd.evaluation.truth import load_truth
+
+    base, _ = load_spec(args.spec)
+    grid = yaml.safe_load(args.spec.read_text())["filters"]
+    name = base["synthetic"]["name"]
+    projection = np.asarray(load_truth(ROOT / "data/raw/synthetic" / name / "truth.json")["slow_modes"]
+                            ["projection_ca"], dtype=np.float64)
+    with h5py.File(ROOT / f"data/frames/{name}.h5") as f:
+        fit, test = (f["replicas"][r]["translations"][()].astype(np.float64) for r in (grid["fit"], grid["test"]))
+    fit, test = (x - x.mean(axis=1, keepdims=True) for x in (fit, test))  # the rollout's frames are centred too
+    r3 = R3Diffuser(**base["diffusion"]["r3"])
+    rows = []
+    for tau in grid["taus"]:
+        import torch
+
+        t = torch.tensor(float(tau), dtype=torch.float64)
+        alpha, sigma = float(r3.alpha_t(t)), float(r3.conditional_var(t).sqrt()) / r3.coordinate_scaling
+        for coupling in ("residue", "pair"):
+            scores = filter_scores(fit, test, projection, alpha, sigma, grid["history"], coupling,
+                                   np.random.default_rng(grid["seed"]))
+            rows.append({"tau": tau, "noise_A": sigma, "coupling": coupling, **scores})
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "filters.json").write_text(json.dumps({"grid": grid, "rows": rows}, indent=2, sort_keys=True) + "\n")
+    lines = ["| tau | noise (A) | filter | slow-mode error, Markovian (3 modes) | with history | step residual (A), "
+             "Markovian | with history |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        modes = [" / ".join(f"{e:.2f}" for e in r[k]["mode_error"]) for k in ("markov", "history")]
+        lines.append(f"| {r['tau']} | {r['noise_A']:.2f} | {r['coupling']} | {modes[0]} | {modes[1]} | "
+                     f"{r['markov']['step_residual_A']:.3f} | {r['history']['step_residual_A']:.3f} |")
+    (args.out / "filters.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
-    for name in ("run", "table", "ideal", "onestep"):
+    for name in ("run", "table", "ideal", "onestep", "filters"):
         p = sub.add_parser(name)
         p.add_argument("--spec", type=Path, default=ROOT / "docs/study/synthetic_study.yaml")
         p.add_argument("--out-root", type=Path, default=Path("runs/study"))
@@ -370,7 +413,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             p.add_argument("--out", type=Path, default=ROOT / "docs/study")
     args = parser.parse_args(argv)
-    return {"run": cmd_run, "table": cmd_table, "ideal": cmd_ideal, "onestep": cmd_onestep}[args.cmd](args)
+    return {"run": cmd_run, "table": cmd_table, "ideal": cmd_ideal, "onestep": cmd_onestep,
+            "filters": cmd_filters}[args.cmd](args)
 
 
 if __name__ == "__main__":
