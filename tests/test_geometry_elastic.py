@@ -41,3 +41,27 @@ def test_anm_hessian_leaves_rigid_motions_free_and_stiffens_bonds():
     along[1, 0] = 1.0  # stretch the 0-1 bond
     across[1, 2] = 1.0  # move residue 1 out of plane: perpendicular to 0-1 and 1-2, not to 1-3
     assert along.flatten() @ hess @ along.flatten() > across.flatten() @ hess @ across.flatten()
+
+
+def test_anm_modes_are_orthonormal_non_rigid_and_leave_padding_still():
+    from starmd.geometry.elastic import anm_modes
+
+    g = torch.Generator().manual_seed(0)
+    ca = torch.cumsum(3.8 * torch.nn.functional.normalize(torch.randn(2, 12, 3, generator=g, dtype=torch.float64),
+                                                           dim=-1), dim=1)
+    mask = torch.ones(2, 12, dtype=torch.float64)
+    mask[1, -3:] = 0
+    modes = anm_modes(ca, mask, 5)
+    assert modes.shape == (2, 5, 12, 3)
+    flat = modes.flatten(-2)
+    assert torch.allclose(flat @ flat.transpose(-1, -2), torch.eye(5, dtype=torch.float64).expand(2, 5, 5), atol=1e-9)
+    assert modes[1, :, -3:].abs().max() < 1e-9  # padding does not move
+    # no rigid translation in them: every mode's mean displacement over real residues is zero
+    real = mask[:, None, :, None]
+    assert ((modes * real).sum(-2) / real.sum(-2)).abs().max() < 1e-9
+    # the softest mode is softer than the fifth: the Rayleigh quotients increase
+    from starmd.geometry.elastic import anm_hessian
+
+    springs = (torch.cdist(ca, ca) < 15.0).double() * mask[:, :, None] * mask[:, None, :]
+    quotient = torch.einsum("bmi,bij,bmj->bm", flat, anm_hessian(ca, springs), flat)
+    assert torch.all(quotient[:, 0] < quotient[:, 4]) and torch.all(quotient > 1e-8)

@@ -141,3 +141,23 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients(batch):
     assert grads0.keys() == grads1.keys() and len(grads0) > 10
     for name in grads0:
         assert torch.allclose(grads0[name], grads1[name], rtol=1e-10, atol=1e-12), name
+
+
+def test_collective_loss_charges_the_softest_modes_of_the_window(batch):
+    """A prediction off along the window's softest ANM mode costs |amplitude|^2 (nm^2); one off along a stiff mode
+    of the same size costs (almost) nothing; a perfect one costs 0."""
+    from starmd.geometry.elastic import anm_modes
+
+    cfg = TrainingConfig.from_dict({"collective_loss_weight": 2.0, "collective_modes": 4})
+    truth = Rigid(batch["rots"], batch["trans"])
+    modes = anm_modes(batch["trans"][:, 0], batch["res_mask"], 12)  # [B, 12, N, 3]
+    perfect = compute_loss(FixedPrediction(truth), SE3Diffuser(), batch, cfg)
+    assert float(perfect["collective"]) < 1e-20
+    soft = Rigid(truth.rots, truth.trans + 3.0 * modes[:, None, 0])  # 3 A along mode 0 in every frame
+    stiff = Rigid(truth.rots, truth.trans + 3.0 * modes[:, None, 11])
+    out_soft = compute_loss(FixedPrediction(soft), SE3Diffuser(), batch, cfg)
+    out_stiff = compute_loss(FixedPrediction(stiff), SE3Diffuser(), batch, cfg)
+    assert float(out_soft["collective"]) == pytest.approx(0.3**2, rel=1e-6)  # 3 A = 0.3 nm
+    assert float(out_stiff["collective"]) < 1e-12
+    assert float(out_soft["trans"]) == pytest.approx(float(out_stiff["trans"]), rel=1e-6)  # trans loss: the same
+    assert float(out_soft["loss"] - out_stiff["loss"]) == pytest.approx(2.0 * 0.3**2, rel=1e-6)

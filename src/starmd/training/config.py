@@ -39,6 +39,8 @@ class TrainingConfig:
     dist_loss_cutoff: float = 6.0  # Angstrom: only pairs closer than this in the clean frame
     dist_loss_t_max: float = 0.25  # only target frames with t below this (near-clean predictions)
     dist_loss_on: str = "estimate"  # "estimate" (the denoiser's x0) or "mean" (the network's m; differs with a step law)
+    collective_loss_weight: float = 0.0  # x0 translation error projected on the window's softest ANM modes; 0 = off
+    collective_modes: int = 8  # how many (starmd.geometry.elastic.anm_modes of the window's first clean frame)
     chain_transport: bool = False  # step law only: the x0 estimate's rotations turn with the local CA trace, as in
     # rollout.chain_transport, so the learned rotation width is what the chain's bending does not explain
     lr: float = 1e-4
@@ -61,7 +63,7 @@ class TrainingConfig:
 
     def __post_init__(self) -> None:
         positive = ("steps", "batch_size", "grad_accum", "num_frames", "crop_size", "log_every", "val_every",
-                    "checkpoint_every", "max_nonfinite")
+                    "checkpoint_every", "max_nonfinite", "collective_modes")
         for key in positive:
             if getattr(self, key) < 1:
                 raise ValueError(f"training.{key} must be >= 1, got {getattr(self, key)}")
@@ -83,7 +85,7 @@ class TrainingConfig:
             raise ValueError(f"training.ema_decay must be in [0, 1), got {self.ema_decay}")
         if len(self.betas) != 2:
             raise ValueError(f"training.betas must have 2 entries, got {self.betas}")
-        for key in ("val_samples", "num_workers", "warmup_steps", "context_window"):
+        for key in ("val_samples", "num_workers", "warmup_steps", "context_window", "collective_loss_weight"):
             if getattr(self, key) < 0:
                 raise ValueError(f"training.{key} must be >= 0, got {getattr(self, key)}")
 

@@ -12,6 +12,11 @@ prediction, `SE3Diffuser.x0_estimate`); the losses follow FrameDiff:
         Through N and C the loss sees the rotations, so it also fixes the peptide bonds C(i)-N(i+1).
         It charges the x0 estimate, or with `dist_loss_on: mean` the network's own prediction m: with a step law the
         estimate follows the noisy frame at small t by design, and charging its distances pulls the width down.
+  collective  sum_m (u_m . (x0_pred - x0) * coordinate_scaling)^2 over the `collective_modes` softest ANM modes u_m
+        of the window's first clean frame (auxiliary). Why: the trans loss gives each of the 3N directions of the
+        error weight 1/N, and the slow collective modes, which carry the dynamics' memory, are a few of them; on the
+        known-answer system even the best linear use of history lowers the per-coordinate step residual by 2-11%
+        while it halves a slow mode's error (docs/study/filters.md), so the trans loss hardly rewards learning it.
 Each part is a masked mean over a window's residues and frames, then a plain mean over windows, so the mean of
 per-rank losses (what DDP's gradient averaging computes) equals the loss of the global batch.
 
@@ -27,6 +32,7 @@ import torch
 
 from starmd.geometry import Rigid
 from starmd.geometry.backbone import IDEAL_LOCAL, RESNAMES
+from starmd.geometry.elastic import anm_modes
 from starmd.training.config import TrainingConfig
 
 
@@ -91,6 +97,12 @@ def compute_loss(model: torch.nn.Module, diffuser: Any, batch: dict[str, torch.T
 
     parts = {"rot": _masked_mean(rot, mask).mean(), "trans": _masked_mean(trans, mask).mean()}
     loss = cfg.rot_loss_weight * parts["rot"] + cfg.trans_loss_weight * parts["trans"]
+    if cfg.collective_loss_weight > 0:
+        modes = anm_modes(rigids_0.trans[:, 0], res_mask, cfg.collective_modes)  # [B, M, N, 3]
+        error = (pred.trans - rigids_0.trans) * scale * mask[..., None]  # [B, L, N, 3] (nm)
+        projected = torch.einsum("blnc,bmnc->blm", error, modes).square().sum(-1)  # [B, L]
+        parts["collective"] = _masked_mean(projected, mask.amax(-1)).mean()
+        loss = loss + cfg.collective_loss_weight * parts["collective"]
     if cfg.dist_loss_weight > 0:
         charged = pred if cfg.dist_loss_on == "estimate" else out["pred_rigids"]
         x_true, x_pred = (_loss_atoms(r, cfg.dist_loss_atoms) for r in (rigids_0, charged))  # [B, L, N A, 3]
