@@ -17,22 +17,19 @@ also see that frame relative to the context frame before it (the same anchor-pos
 per-residue displacement, so a target attending to its history reads motion directly instead of differencing
 conformations across frames. A context frame's rigids still start from itself.
 
-Extrapolating the history (`history_extrapolation` K). Positions alone are not Markov: the next frame depends on the
-hidden velocity, which only differences of past frames reveal. Reading it through S x T attention means differencing
-invariant singles across frames, which no variant learned on the known-answer system (docs/study/). With K > 0 a
-head predicts weights and the x0 translation of target l adds a weighted sum of the displacements
-x_{l-k} - x_{l-k-1}, k = 1..K, between its last K + 1 context frames (global frame, A): a linear filter over the
-history, equivariant (invariant weights times displacement vectors) and zero at initialisation (a "final" head),
-whose weights the translation loss fits directly. With `history_coupling: pair` (default) the weight of residue j's
-displacements in residue i's shift comes from the target frame's final pair state z_ij (divided by the number of
-residues), so the filter can read collective motion: on the known-answer system a slow mode's momentum is invisible
-in one residue's noisy steps and clear in their projection on the mode. With `residue` each residue filters only its
-own displacements (weights from its single; measured first, it did not help). With `anchor` the pair weights come
-from the protein's static pair features and the shift moves target l's anchor (context frame l - 1) before the
-trunk, so the trunk's update starts from the extrapolated frame and sees the noisy target relative to it: at small
-diffusion time the noisy frame, not the filter, decides where x0 is, and the filter need not learn to switch off. A displacement whose frames lie
-outside the context window (or before frame 0) is left out, so a window of 1 is exactly Markovian. The cache keeps
-the last K + 1 appended translations for it (O(K N)).
+Extrapolating the history (`history_extrapolation` K, off by default). Positions alone are not Markov: the next
+frame depends on the hidden velocity, which only differences of past frames reveal, and reading it through S x T
+attention means differencing invariant singles across frames. With K > 0 a zero-initialised head predicts weights
+and a weighted sum of the displacements x_{l-k} - x_{l-k-1}, k = 1..K, between target l's last K + 1 context frames
+(global frame, A) is added: a linear filter over the history, equivariant (invariant weights times displacement
+vectors), whose weights the translation loss fits directly. `history_coupling`: `pair` (default) weighs residue j's
+displacements in residue i's x0 shift by the target frame's final pair state z_ij (over the number of residues), so
+the filter can read collective motion (a slow mode's momentum is nearly invisible in one residue's noised steps,
+docs/study/filters.md); `residue` filters each residue's own displacements (weights from its single); `anchor`
+takes the pair weights from the static pair features and moves target l's anchor (context frame l - 1) before the
+trunk, so the update starts from the extrapolated frame and, at small diffusion time, the noisy frame rather than
+the filter decides x0. A displacement whose older frame is outside the context window (or before frame 0) is left
+out, so a window of 1 is exactly Markovian. The cache keeps the last K + 1 appended translations (O(K N)).
 
 The step's width (`step_std_init`). With it, a small head on each target token's final single also predicts the
 log width (A, rad) of that residue's next-frame law around the x0 prediction, and the denoiser is the posterior mean
