@@ -225,8 +225,8 @@ class StarMD(nn.Module):
                 tgt_anchor = self._shifted(tgt_anchor, z0[:, None], displacements, res_mask)
         ctx_anchor = previous_ctx if self.context_motion else ctx
         pred, s, z, _ = self._denoise(s0, z0, Rigid.cat([ctx, tgt], dim=1), Rigid.cat([ctx_anchor, tgt_anchor], dim=1),
-                                   Rigid.cat([ctx, tgt_anchor], dim=1), torch.cat([ctx_t, tgt_t], dim=1),
-                                   frame_time_ps.repeat(1, 2), delta_t_ps, res_mask, layout)
+                                      Rigid.cat([ctx, tgt_anchor], dim=1), torch.cat([ctx_t, tgt_t], dim=1),
+                                      frame_time_ps.repeat(1, 2), delta_t_ps, res_mask, layout)
         pred, s, z = pred[:, n_frames:], s[:, n_frames:], z[:, n_frames:]
         if self.extrapolation is not None and self.history_coupling != "anchor":
             pred = self._shifted(pred, s if self.history_coupling == "residue" else z, displacements, res_mask)
@@ -313,8 +313,9 @@ class StarMD(nn.Module):
         and values (`cache.past_kv()`). A function of its tensor arguments only, with no data-dependent branch, so
         torch.compile can capture it whole (`compile_frame_pass`). Returns x0 prediction Rigid [B, N] (A), singles
         [B, N, c_s], the final pair state [B, N, N, c_z] and the frame's per-block keys/values [B, H, N, C]."""
-        pred, s, z, kvs = self._denoise(s0, z0, frame.unsqueeze(1), anchor.unsqueeze(1), start.unsqueeze(1), t[:, None],
-                                     frame_time_ps[:, None], delta_t_ps, res_mask, attn_mask, past_kv, past_times)
+        pred, s, z, kvs = self._denoise(s0, z0, frame.unsqueeze(1), anchor.unsqueeze(1), start.unsqueeze(1),
+                                        t[:, None], frame_time_ps[:, None], delta_t_ps, res_mask, attn_mask, past_kv,
+                                        past_times)
         return pred[:, 0], s[:, 0], z[:, 0], kvs
 
     def compile_frame_pass(self, device: torch.device, max_shapes: int) -> Callable[..., Any]:
