@@ -42,11 +42,11 @@ class _HeldProtein:
     stride, the window, the latest appended frame and the attention mask built once per push."""
 
     def __init__(self, static_single: torch.Tensor, static_pair: torch.Tensor, res_mask: torch.Tensor,
-                 delta_t_ps: torch.Tensor, window: int | None, recent_frames: int = 1) -> None:
+                 delta_t_ps: torch.Tensor, window: int | None, recent_frames: int = 0) -> None:
         if window is not None and window < 1:
             raise ValueError(f"{type(self).__name__} window must be a positive number of frames or None, got {window}")
-        if recent_frames < 1:
-            raise ValueError(f"{type(self).__name__} recent_frames must be >= 1, got {recent_frames}")
+        if recent_frames < 0:
+            raise ValueError(f"{type(self).__name__} recent_frames must be >= 0, got {recent_frames}")
         self.static_single = static_single  # [B, N, c_s]
         self.static_pair = static_pair  # [B, N, N, c_z]
         self.res_mask = res_mask  # [B, N]
@@ -54,7 +54,8 @@ class _HeldProtein:
         self.window = window
         self.frames_seen = 0  # frames ever appended (>= n_frames when a window drops old ones)
         self.last_frame: Rigid | None = None  # [B, N]: the latest appended (re-noised) frame, the next target's anchor
-        # translations of the most recent appended frames, oldest first, at most recent_frames (and the window)
+        # translations of the most recent appended frames, oldest first, at most recent_frames (and the window);
+        # 0 = none held (a model without history_extrapolation)
         self.recent_frames = recent_frames if window is None else min(recent_frames, window)
         self.recent_trans: torch.Tensor | None = None  # [B, M, N, 3]
         self._mask: torch.Tensor | None = None  # attention mask for the held frames, built once per push
@@ -70,9 +71,10 @@ class _HeldProtein:
     def _pushed(self, frame: Rigid) -> None:
         """Bookkeeping after a frame's keys/values are stored."""
         self.last_frame = frame.detach()
-        trans = self.last_frame.trans[:, None]
-        held = trans if self.recent_trans is None else torch.cat([self.recent_trans, trans], dim=1)
-        self.recent_trans = held[:, -self.recent_frames:]
+        if self.recent_frames:
+            trans = self.last_frame.trans[:, None]
+            held = trans if self.recent_trans is None else torch.cat([self.recent_trans, trans], dim=1)
+            self.recent_trans = held[:, -self.recent_frames:].clone()  # own exact storage
         self.frames_seen += 1
         self._mask = None
 
@@ -85,7 +87,7 @@ class KVCache(_HeldProtein):
     """
 
     def __init__(self, static_single: torch.Tensor, static_pair: torch.Tensor, res_mask: torch.Tensor,
-                 delta_t_ps: torch.Tensor, n_blocks: int, window: int | None = None, recent_frames: int = 1) -> None:
+                 delta_t_ps: torch.Tensor, n_blocks: int, window: int | None = None, recent_frames: int = 0) -> None:
         super().__init__(static_single, static_pair, res_mask, delta_t_ps, window, recent_frames)
         # attention needs a mask only when some residue is padded; checked once here, not at every step
         self.masked = not bool(res_mask.bool().all())
@@ -159,7 +161,7 @@ class StaticKVCache(_HeldProtein):
 
     def __init__(self, static_single: torch.Tensor, static_pair: torch.Tensor, res_mask: torch.Tensor,
                  delta_t_ps: torch.Tensor, n_blocks: int, n_heads: int, c_hidden: int, window: int | None,
-                 max_frames: int, first_slots: int = 8, recent_frames: int = 1) -> None:
+                 max_frames: int, first_slots: int = 8, recent_frames: int = 0) -> None:
         super().__init__(static_single, static_pair, res_mask, delta_t_ps, window, recent_frames)
         if max_frames < 1:
             raise ValueError(f"StaticKVCache max_frames must be >= 1, got {max_frames}")

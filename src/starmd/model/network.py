@@ -297,12 +297,12 @@ class StarMD(nn.Module):
             s0, z0 = self._embed_static(single, pair, res_mask)
         if delta_t_ps.shape != (res_mask.shape[0],):
             raise ValueError(f"delta_t_ps must be [B] = ({res_mask.shape[0]},), got {tuple(delta_t_ps.shape)}")
+        recent = self.history_extrapolation + 1 if self.history_extrapolation else 0  # translations to hold
         if max_frames is not None:
             attention = self.blocks[0].st_attention
             return StaticKVCache(s0, z0, res_mask, delta_t_ps, self.n_blocks, attention.n_heads, attention.c_hidden,
-                                 window, max_frames, recent_frames=self.history_extrapolation + 1)
-        return KVCache(s0, z0, res_mask, delta_t_ps, self.n_blocks, window,
-                       recent_frames=self.history_extrapolation + 1)
+                                 window, max_frames, recent_frames=recent)
+        return KVCache(s0, z0, res_mask, delta_t_ps, self.n_blocks, window, recent_frames=recent)
 
     def frame_pass(self, s0: torch.Tensor, z0: torch.Tensor, frame: Rigid, anchor: Rigid, start: Rigid,
                    t: torch.Tensor, frame_time_ps: torch.Tensor, delta_t_ps: torch.Tensor, res_mask: torch.Tensor,
