@@ -366,6 +366,7 @@ def cmd_filters(args: argparse.Namespace) -> int:
 
     from starmd.diffusion.r3 import R3Diffuser
     from starmd.evaluation.filters import filter_scores
+    from starmd.evaluation.ideal import contextual_noise
     from starmd.evaluation.truth import load_truth
 
     base, _ = load_spec(args.spec)
@@ -379,10 +380,7 @@ def cmd_filters(args: argparse.Namespace) -> int:
     r3 = R3Diffuser(**base["diffusion"]["r3"])
     rows = []
     for tau in grid["taus"]:
-        import torch
-
-        t = torch.tensor(float(tau), dtype=torch.float64)
-        alpha, sigma = float(r3.alpha_t(t)), float(r3.conditional_var(t).sqrt()) / r3.coordinate_scaling
+        alpha, sigma = contextual_noise(tau, r3)
         for coupling in ("residue", "pair"):
             scores = filter_scores(fit, test, projection, alpha, sigma, grid["history"], coupling,
                                    np.random.default_rng(grid["seed"]))

@@ -27,21 +27,26 @@ def _design(x: np.ndarray, noisy: np.ndarray, mean: np.ndarray, history: int) ->
     return np.stack(feats, axis=-1), x[frames] - noisy[frames - 1]
 
 
-def _fit(feats: np.ndarray, steps: np.ndarray, coupling: str) -> np.ndarray:
-    """Least-squares coefficients: [F] (`residue`) or [N F, N] (`pair`; rows: source residue j and feature)."""
+def _rows(feats: np.ndarray, coupling: str) -> np.ndarray:
+    """Design matrix of features [T, N, 3, F]: rows (frame, residue, coordinate) x F (`residue`), or rows
+    (frame, coordinate) x (source residue j, feature) (`pair`)."""
     t, n, _, f = feats.shape
     if coupling == "residue":
-        return np.linalg.lstsq(feats.reshape(-1, f), steps.reshape(-1), rcond=None)[0]
-    design = feats.transpose(0, 2, 1, 3).reshape(t * 3, n * f)  # rows: (frame, coordinate)
-    target = steps.transpose(0, 2, 1).reshape(t * 3, n)
-    return np.linalg.lstsq(design, target, rcond=None)[0]
+        return feats.reshape(-1, f)
+    return feats.transpose(0, 2, 1, 3).reshape(t * 3, n * f)
+
+
+def _fit(feats: np.ndarray, steps: np.ndarray, coupling: str) -> np.ndarray:
+    """Least-squares coefficients: [F] (`residue`) or [N F, N] (`pair`; one column per target residue i)."""
+    target = steps.reshape(-1) if coupling == "residue" else steps.transpose(0, 2, 1).reshape(-1, steps.shape[1])
+    return np.linalg.lstsq(_rows(feats, coupling), target, rcond=None)[0]
 
 
 def _predict(feats: np.ndarray, coef: np.ndarray, coupling: str) -> np.ndarray:
-    t, n, _, f = feats.shape
-    if coupling == "residue":
-        return feats @ coef
-    return (feats.transpose(0, 2, 1, 3).reshape(t * 3, n * f) @ coef).reshape(t, 3, n).transpose(0, 2, 1)
+    """Predicted steps [T, N, 3]."""
+    t, n = feats.shape[:2]
+    step = _rows(feats, coupling) @ coef
+    return step.reshape(t, n, 3) if coupling == "residue" else step.reshape(t, 3, n).transpose(0, 2, 1)
 
 
 def filter_scores(train: np.ndarray, test: np.ndarray, projection: np.ndarray, alpha: float, noise_std: float,

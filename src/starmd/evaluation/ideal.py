@@ -25,13 +25,19 @@ from starmd.diffusion.r3 import R3Diffuser
 from starmd.evaluation.truth import mode_acf, truth_lags
 
 
-def contextual_noise_A(tau: float, r3: R3Diffuser) -> float:
-    """Std (A per coordinate) of what contextual noise at tau adds to a position, relative to the signal:
-    x_tau = alpha x_0 + sigma e, so x_tau / alpha = x_0 + (sigma / alpha) e."""
+def contextual_noise(tau: float, r3: R3Diffuser) -> tuple[float, float]:
+    """(alpha, sigma in A per coordinate) of contextual noise at tau: x_tau = alpha x_0 + sigma e."""
     import torch
 
     t = torch.tensor(float(tau), dtype=torch.float64)
-    return float(r3.conditional_var(t).sqrt() / r3.alpha_t(t)) / r3.coordinate_scaling
+    return float(r3.alpha_t(t)), float(r3.conditional_var(t).sqrt()) / r3.coordinate_scaling
+
+
+def contextual_noise_A(tau: float, r3: R3Diffuser) -> float:
+    """Std (A per coordinate) of what contextual noise at tau adds to a position, relative to the signal:
+    x_tau = alpha x_0 + sigma e, so x_tau / alpha = x_0 + (sigma / alpha) e."""
+    alpha, sigma = contextual_noise(tau, r3)
+    return sigma / alpha
 
 
 def mode_autocovariance(period_frames: float, damping_ratio: float, variance: float, max_lag: int) -> np.ndarray:

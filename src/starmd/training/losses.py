@@ -15,8 +15,9 @@ prediction, `SE3Diffuser.x0_estimate`); the losses follow FrameDiff:
   collective  sum_m (u_m . (x0_pred - x0) * coordinate_scaling)^2 over the `collective_modes` softest ANM modes u_m
         of the window's first clean frame (auxiliary). Why: the trans loss gives each of the 3N directions of the
         error weight 1/N, and the slow collective modes, which carry the dynamics' memory, are a few of them; on the
-        known-answer system even the best linear use of history lowers the per-coordinate step residual by 2-11%
-        while it halves a slow mode's error (docs/study/filters.md), so the trans loss hardly rewards learning it.
+        known-answer system the best linear use of history lowers the per-coordinate step residual by 2-4% at tau
+        0.01-0.05 while it lowers the slowest mode's error by 7-20% (clean history: 11% and 47%;
+        docs/study/filters.md), so the trans loss hardly rewards learning it.
 Each part is a masked mean over a window's residues and frames, then a plain mean over windows, so the mean of
 per-rank losses (what DDP's gradient averaging computes) equals the loss of the global batch.
 
