@@ -415,3 +415,34 @@ def test_training_chain_transport_turns_the_estimate_with_the_trace(diffuser, ba
     rot = {flag: float(compute_loss(net, diffuser, batch, TrainingConfig.from_dict(
         {"dist_loss_weight": 0.0, "chain_transport": flag}))["rot"]) for flag in (False, True)}
     assert rot[True] != pytest.approx(rot[False], rel=1e-3)
+
+
+class TimeRecorder:
+    """A rollout context that records the diffusion times the sampler evaluates it at."""
+
+    def __init__(self, mean: Rigid) -> None:
+        self.mean, self.times = mean, []
+
+    def denoise(self, frame: Rigid, t: torch.Tensor, frame_time_ps: torch.Tensor) -> dict:
+        self.times.append(float(t[0]))
+        return {"pred_rigids": self.mean}
+
+
+@pytest.mark.parametrize("reverse", ["euler", "ancestral"])
+def test_log_time_grid_is_geometric_from_one_to_t_min(diffuser, reverse):
+    """rollout.time_grid log: the network is called at 1, q, q^2, ..., t_min, half of the steps after t = 1 below
+    sqrt(t_min) = 0.032, where the linear grid has only its last."""
+    g = torch.Generator().manual_seed(0)
+    mean = Rigid(random_rotation((2, 4), g, dtype=F64), torch.randn(2, 4, 3, generator=g, dtype=F64))
+    times = {}
+    for grid in ("linear", "log"):
+        rec = TimeRecorder(mean)
+        cfg = RolloutConfig(steps=21, t_min=1e-3, time_grid=grid, reverse=reverse)
+        denoise_frame(rec, diffuser, 100.0, (2, 4), cfg, g, F64, torch.device("cpu"), contextlib.nullcontext)
+        times[grid] = torch.tensor(rec.times, dtype=F64)
+    log = times["log"]
+    assert len(log) == 21 and float(log[0]) == pytest.approx(1.0) and float(log[-1]) == pytest.approx(1e-3)
+    torch.testing.assert_close(log[1:] / log[:-1], torch.full((20,), 10 ** (-3 / 20), dtype=F64))
+    assert int((log < 0.03).sum()) == 10 and int((times["linear"] < 0.03).sum()) == 1
+    with pytest.raises(ValueError, match="rollout.time_grid"):
+        RolloutConfig(time_grid="cosine")

@@ -13,7 +13,7 @@ from starmd.geometry import Rigid, rotvec_to_rotmat
 from starmd.geometry.backbone import IDEAL_LOCAL, RESNAMES
 from starmd.training.config import TrainingConfig
 from starmd.training.dataset import FrameWindowDataset, collate
-from starmd.training.losses import compute_loss
+from starmd.training.losses import compute_loss, target_times
 from training_data import make_two_proteins
 
 
@@ -161,3 +161,22 @@ def test_collective_loss_charges_the_softest_modes_of_the_window(batch):
     assert float(out_stiff["collective"]) < 1e-12
     assert float(out_soft["trans"]) == pytest.approx(float(out_stiff["trans"]), rel=1e-6)  # trans loss: the same
     assert float(out_soft["loss"] - out_stiff["loss"]) == pytest.approx(2.0 * 0.3**2, rel=1e-6)
+
+
+def test_log_uniform_target_times_use_the_same_draws_and_fill_small_t(batch):
+    """t_sampling log_uniform maps the very draws of the uniform schedule u to t_min^(1 - u): the loss hands the
+    network those times, and as many targets fall in [t_min, 10 t_min] as in [0.1, 1]."""
+    clean = Rigid(batch["rots"], batch["trans"])
+    rec = Recorder(clean)
+    t_min = 1e-3
+    compute_loss(rec, SE3Diffuser(), batch, TrainingConfig.from_dict({"t_min": t_min}))
+    compute_loss(rec, SE3Diffuser(), batch, TrainingConfig.from_dict({"t_min": t_min, "t_sampling": "log_uniform"}))
+    uniform, log_uniform = rec.calls[0]["tgt_t"], rec.calls[1]["tgt_t"]
+    u = (uniform - t_min) / (1 - t_min)
+    torch.testing.assert_close(log_uniform, t_min ** (1 - u))
+    t = target_times(torch.rand(200_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64),
+                     TrainingConfig.from_dict({"t_sampling": "log_uniform"}))  # t_min 0.01
+    assert float(t.min()) >= 0.01 and float(t.max()) <= 1.0
+    assert float((t < 0.1).double().mean()) == pytest.approx(0.5, abs=0.005)  # uniform: 0.09
+    with pytest.raises(ValueError, match="training.t_sampling"):
+        TrainingConfig.from_dict({"t_sampling": "cosine"})

@@ -16,6 +16,7 @@ class RolloutConfig:
     n_samples: int = 2  # independent trajectories, sampled as one batch
     steps: int = 200  # reverse-diffusion steps per frame (paper: 200)
     t_min: float = 0.01  # reverse diffusion runs from t = 1 to t_min
+    time_grid: str = "linear"  # spacing of the steps' diffusion times: "linear" or "log" (geometric, dense near t_min)
     reverse: str = "euler"  # reverse step: "euler" (Euler-Maruyama on the score) or "ancestral" (q(x_s | x_t, x0))
     chain_transport: bool = False  # ancestral only: each residue's rotation turns with its local CA trace
     peptide_restraint: float = 0.0  # > 0: frames turned to close their peptide bonds (std in AlphaFold2 spreads)
@@ -41,6 +42,8 @@ class RolloutConfig:
             raise ValueError(f"rollout.delta_t_ps must be > 0 ps, got {self.delta_t_ps}")
         if not 0 < self.t_min < 1:
             raise ValueError(f"rollout.t_min must be in (0, 1), got {self.t_min}")
+        if self.time_grid not in ("linear", "log"):
+            raise ValueError(f"rollout.time_grid must be 'linear' or 'log', got {self.time_grid!r}")
         if self.reverse not in ("euler", "ancestral"):
             raise ValueError(f"rollout.reverse must be 'euler' or 'ancestral', got {self.reverse!r}")
         if self.chain_transport and self.reverse != "ancestral":

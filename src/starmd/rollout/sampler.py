@@ -10,6 +10,7 @@ start frame; then per frame: the prior sample, one draw per reverse step, the pe
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -38,9 +39,15 @@ class Rollout:
     peak_cache_bytes: int  # 0 for the recomputed (cache-free) reference
 
 
-def time_grid(steps: int, t_min: float) -> list[float]:
-    """Diffusion times at which the network is evaluated: steps points from 1 down to t_min (just [1.0] for 1)."""
-    return torch.linspace(1.0, t_min, steps, dtype=torch.float64).tolist() if steps > 1 else [1.0]
+def time_grid(steps: int, t_min: float, spacing: str = "linear") -> list[float]:
+    """Diffusion times at which the network is evaluated: steps points from 1 down to t_min (just [1.0] for 1),
+    equally spaced (`linear`) or geometric (`log`: as many steps in [t_min, 10 t_min] as in [0.1, 1], where a
+    linear grid of 20 has one step below 0.06 and the step between frames is resolved only there)."""
+    if steps == 1:
+        return [1.0]
+    if spacing == "log":
+        return torch.logspace(0.0, math.log10(t_min), steps, dtype=torch.float64).tolist()
+    return torch.linspace(1.0, t_min, steps, dtype=torch.float64).tolist()
 
 
 def centred(frames: Rigid) -> Rigid:
@@ -76,7 +83,7 @@ def denoise_frame(context: Context, diffuser: SE3Diffuser, frame_time_ps: float,
     b = shape[0]
     x = diffuser.sample_ref(shape, generator, dtype=dtype, device=device)
     frame_time = torch.full((b,), frame_time_ps, dtype=dtype, device=device)
-    ts = time_grid(cfg.steps, cfg.t_min)
+    ts = time_grid(cfg.steps, cfg.t_min, cfg.time_grid)
     for i, t in enumerate(ts):
         with autocast():
             out = context.denoise(x, torch.full((b,), t, dtype=dtype, device=device), frame_time)

@@ -27,7 +27,8 @@ class TrainingConfig:
     strides: list[int] = field(default_factory=lambda: [1, 2, 4])  # in stored frames; Delta-t = stride * dt_ps
     crop_size: int = 256  # residues; longer proteins get a random contiguous crop
     centre: str = "per_frame"  # "per_frame" or "first_frame": which CA centroid is subtracted
-    t_min: float = 0.01  # target diffusion time t ~ U[t_min, 1]
+    t_min: float = 0.01  # target diffusion times lie in [t_min, 1]
+    t_sampling: str = "uniform"  # "uniform" on [t_min, 1] or "log_uniform" (t = t_min^(1 - u)): more small-t targets
     tau_max: float = 0.1  # contextual noise tau ~ U[0, tau_max] on context frames; 0 switches it off
     context_window: int = 0  # each frame sees only the K most recent context frames (0 = all; 1 = Markovian)
     train_first_target: bool = True  # target 0 of a window has no context (never so at inference); False = no loss
@@ -79,6 +80,8 @@ class TrainingConfig:
             raise ValueError(f"training.schedule must be 'cosine' or 'constant', got {self.schedule!r}")
         if not 0 < self.t_min < 1:
             raise ValueError(f"training.t_min must be in (0, 1), got {self.t_min}")
+        if self.t_sampling not in ("uniform", "log_uniform"):
+            raise ValueError(f"training.t_sampling must be 'uniform' or 'log_uniform', got {self.t_sampling!r}")
         if not 0 <= self.tau_max < 1:
             raise ValueError(f"training.tau_max must be in [0, 1), got {self.tau_max}")
         if not 0 <= self.ema_decay < 1:

@@ -1,6 +1,7 @@
 """The block-causal denoising loss: all L target frames of a window trained in one forward pass.
 
-Per window: target diffusion times t ~ U[t_min, 1] and contextual-noise times tau ~ U[0, tau_max], one per frame.
+Per window: target diffusion times t in [t_min, 1] (`training.t_sampling`) and contextual-noise times
+tau ~ U[0, tau_max], one per frame.
 Context frames are the clean frames re-noised to tau (tau_max = 0: exactly clean, the ablation); targets are noised
 to t. The network predicts x0 for every target (with `model.step_std_init`, x0 is the posterior mean around its
 prediction, `SE3Diffuser.x0_estimate`); the losses follow FrameDiff:
@@ -58,6 +59,15 @@ def _loss_atoms(frames: Rigid, atoms: str) -> torch.Tensor:
     return torch.stack([n, frames.trans, c], dim=-2).flatten(-3, -2)
 
 
+def target_times(u: torch.Tensor, cfg: TrainingConfig) -> torch.Tensor:
+    """Diffusion times of the targets from uniform draws u in [0, 1): uniform on [t_min, 1], or log-uniform, which
+    puts as many targets in [t_min, 10 t_min] as in [0.1, 1]. Small t is where the denoiser has to follow the noisy
+    frame rather than predict the conditional mean; a step smaller than the noise at t_min is never resolved."""
+    if cfg.t_sampling == "log_uniform":
+        return cfg.t_min ** (1 - u)
+    return cfg.t_min + (1 - cfg.t_min) * u
+
+
 def compute_loss(model: torch.nn.Module, diffuser: Any, batch: dict[str, torch.Tensor],
                  cfg: TrainingConfig) -> dict[str, torch.Tensor]:
     """Loss of a batch of windows (see starmd.training.dataset.collate for the keys and shapes).
@@ -69,8 +79,8 @@ def compute_loss(model: torch.nn.Module, diffuser: Any, batch: dict[str, torch.T
     dtype, device = rigids_0.dtype, rigids_0.device
     res_mask = batch["res_mask"]  # [B, N]
     gens = _window_generators(batch["noise_seed"], device)
-    t = torch.stack([cfg.t_min + (1 - cfg.t_min) * torch.rand(n_frames, generator=g, dtype=dtype, device=device)
-                     for g in gens])  # [B, L]
+    t = target_times(torch.stack([torch.rand(n_frames, generator=g, dtype=dtype, device=device) for g in gens]),
+                     cfg)  # [B, L]
     tau = torch.stack([cfg.tau_max * torch.rand(n_frames, generator=g, dtype=dtype, device=device)
                        for g in gens])  # [B, L]
     noised = [diffuser.forward_marginal(rigids_0[i], t[i], gens[i], diffuse_mask=res_mask[i].expand(n_frames, -1))
