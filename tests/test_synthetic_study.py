@@ -1,6 +1,6 @@
 """scripts/synthetic_study.py table in a fresh clone: rows of variants evaluated in an earlier session (whose runs/
 is not here) are kept from the committed table instead of being overwritten as "not run", and a CA validity under
-the target is marked."""
+the target is marked, and the ACF cell lists each slow mode's error."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_table_keeps_rows_evaluated_elsewhere_and_marks_missed_validity(tmp_path):
     committed = json.loads((REPO / "docs/study/synthetic_study.json").read_text())
-    kept = next(r for r in committed if "missing" not in r and r["ca_validity"] >= 0.96)
+    kept = next(r for r in committed if "missing" not in r and r["ca_validity"] >= 0.96 and "acf_error_per_mode" in r)
     broken = {**kept, "variant": "broken", "ca_validity": 0.02}
     out = tmp_path / "study"
     out.mkdir()
@@ -33,6 +33,8 @@ def test_table_keeps_rows_evaluated_elsewhere_and_marks_missed_validity(tmp_path
     assert f"| {kept['variant']} | {kept['change']} | {kept['ca_validity']:.2f} |" in table
     assert "| broken | " in table and "| 0.02 ✗ |" in table
     assert "| never_run | y | (not run) |" in table
+    per_mode = " / ".join(f"{e:.2f}" for e in kept["acf_error_per_mode"])
+    assert f"| {kept['acf_error_exact']:.3f} ✗ ({per_mode}) |" in table  # every committed row misses 0.1
     header, rule = table.splitlines()[:2]
     assert "| CA validity | backbone validity |" in header
     assert all(line.count("|") == rule.count("|") for line in table.splitlines())  # every row has every column
