@@ -20,6 +20,7 @@ next frame after K true MD frames (re-noised at its rollout tau by the rollout c
 law of the slow modes given those frames; this separates a wrong transition from errors that compound along a rollout.
 `filters` writes filters.{json,md}: least-squares linear predictors of the next step from noised MD history
 (starmd.evaluation.filters), per-residue vs over all residues, with and without history: where the momentum is.
+Each command also rewrites the marked copies of its table in README.md and docs/ (`sync_copies`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import contextlib
 import copy
 import json
 import os
+import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -48,6 +50,30 @@ COLUMNS = [("rmsf_r_exact", "RMSF r", "{:.2f}"), ("rmsf_ratio_exact", "RMSF rati
            ("slow_mode_mean_offset_exact", "mode offset", "{:.2f}"),
            ("rmsd_to_start_plateau_rel_error_exact", "plateau err", "{:+.2f}"),
            ("rmsd_to_start_drift_rel", "drift", "{:+.2f}")]
+
+
+COPY = re.compile(r"(<!-- copy of (\S+): .*? -->\n)(.*?)(<!-- end of copy -->)", re.S)
+
+
+def sync_copies(doc: str, tables: dict[str, str]) -> str:
+    """`doc` with each copy of a generated table replaced by the table's text: a copy is the block between
+    `<!-- copy of <table's path from the repository root>: ... -->` and `<!-- end of copy -->` (blank lines around
+    the table, so Markdown ends it before the closing comment)."""
+    def fill(m: re.Match[str]) -> str:
+        return m.group(1) + "\n" + tables[m.group(2)] + "\n" + m.group(4) if m.group(2) in tables else m.group(0)
+    return COPY.sub(fill, doc)
+
+
+def write_table(path: Path, lines: list[str]) -> None:
+    """Writes a generated table and rewrites its copies in README.md and docs/, so no copy goes stale."""
+    text = "\n".join(lines) + "\n"
+    path.write_text(text)
+    with contextlib.suppress(ValueError):  # a table written outside the repository (tests) has no copies
+        tables = {path.resolve().relative_to(ROOT).as_posix(): text}
+        for doc in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
+            old = doc.read_text()
+            if (new := sync_copies(old, tables)) != old:
+                doc.write_text(new)
 
 
 def deep_merge(base: dict, over: dict) -> dict:
@@ -198,7 +224,7 @@ def cmd_table(args: argparse.Namespace) -> int:
         validity = f"{r['ca_validity']:.2f}" + ("" if r["ca_validity"] >= CA_VALIDITY_TARGET else " ✗")
         lines.append(f"| {r['variant']} | {r['change']} | {validity} | {_fraction(r.get('backbone_validity'))} | "
                      + " | ".join(cells) + " |")
-    (args.out / "synthetic_study.md").write_text("\n".join(lines) + "\n")
+    write_table(args.out / "synthetic_study.md", lines)
     curves = [r for r in done if "acf_modes" in r]  # rows from before the curves were kept have none
     if curves:
         fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
@@ -250,7 +276,7 @@ def cmd_ideal(args: argparse.Namespace) -> int:
         cells = [r for r in rows if r["tau"] == tau]
         lines.append(f"| {tau} | {cells[0]['noise_A']:.2f} | "
                      + " | ".join(f"{r['acf_error_exact']:.3f}" for r in cells) + " |")
-    (args.out / "ideal.md").write_text("\n".join(lines) + "\n")
+    write_table(args.out / "ideal.md", lines)
     fig, ax = plt.subplots(figsize=(6, 4))
     for window in grid["windows"]:
         pts = [(r["noise_A"], r["acf_error_exact"]) for r in rows if r["window"] == window]
@@ -362,7 +388,7 @@ def cmd_onestep(args: argparse.Namespace) -> int:
              "frame | spread ratio |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['variant']} | {r['tau']} | {r['mean_error']:.2f} | {r['markov_mean_error']:.2f} | "
               f"{r['persistence_mean_error']:.2f} | {r['spread_ratio']:.2f} |" for r in rows]
-    (args.out / "onestep.md").write_text("\n".join(lines) + "\n")
+    write_table(args.out / "onestep.md", lines)
     print("\n".join(lines))
     return 0
 
@@ -400,7 +426,7 @@ def cmd_filters(args: argparse.Namespace) -> int:
         modes = [" / ".join(f"{e:.2f}" for e in r[k]["mode_error"]) for k in ("markov", "history")]
         lines.append(f"| {r['tau']} | {r['noise_A']:.2f} | {r['coupling']} | {modes[0]} | {modes[1]} | "
                      f"{r['markov']['step_residual_A']:.3f} | {r['history']['step_residual_A']:.3f} |")
-    (args.out / "filters.md").write_text("\n".join(lines) + "\n")
+    write_table(args.out / "filters.md", lines)
     print("\n".join(lines))
     return 0
 

@@ -4,6 +4,7 @@ the target is marked, and the ACF cell lists each slow mode's error."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -38,3 +39,29 @@ def test_table_keeps_rows_evaluated_elsewhere_and_marks_missed_validity(tmp_path
     header, rule = table.splitlines()[:2]
     assert "| CA validity | backbone validity |" in header
     assert all(line.count("|") == rule.count("|") for line in table.splitlines())  # every row has every column
+
+
+def _study_script():
+    spec = importlib.util.spec_from_file_location("synthetic_study", REPO / "scripts/synthetic_study.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_committed_copies_of_generated_tables_match_their_tables():
+    """README.md and docs/ copy the study's generated tables; every copy is the committed table, byte for byte."""
+    study = _study_script()
+    copies = [(doc, m) for doc in [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
+              for m in study.COPY.finditer(doc.read_text())]
+    assert {m.group(2) for _, m in copies} >= {"docs/study/synthetic_study.md", "docs/study/onestep.md"}
+    for doc, m in copies:
+        assert m.group(3) == "\n" + (REPO / m.group(2)).read_text() + "\n", f"{doc}: stale copy of {m.group(2)}"
+
+
+def test_sync_copies_rewrites_only_the_named_table():
+    study = _study_script()
+    doc = ("text\n<!-- copy of docs/a.md: generated -->\n\n| old |\n\n<!-- end of copy -->\nmore\n"
+           "<!-- copy of docs/b.md: generated -->\n\n| b |\n\n<!-- end of copy -->\n")
+    new = study.sync_copies(doc, {"docs/a.md": "| new |\n|---|\n"})
+    assert new == doc.replace("| old |\n", "| new |\n|---|\n")
+    assert study.sync_copies(new, {"docs/a.md": "| new |\n|---|\n"}) == new  # idempotent
