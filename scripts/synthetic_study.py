@@ -64,13 +64,18 @@ def sync_copies(doc: str, tables: dict[str, str]) -> str:
     return COPY.sub(fill, doc)
 
 
+def documents(root: Path = ROOT) -> list[Path]:
+    """The Markdown files that may hold copies of generated tables: README.md and everything under docs/."""
+    return [root / "README.md", *sorted((root / "docs").rglob("*.md"))]
+
+
 def write_table(path: Path, lines: list[str]) -> None:
     """Writes a generated table and rewrites its copies in README.md and docs/, so no copy goes stale."""
     text = "\n".join(lines) + "\n"
     path.write_text(text)
     with contextlib.suppress(ValueError):  # a table written outside the repository (tests) has no copies
         tables = {path.resolve().relative_to(ROOT).as_posix(): text}
-        for doc in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
+        for doc in documents():
             old = doc.read_text()
             if (new := sync_copies(old, tables)) != old:
                 doc.write_text(new)

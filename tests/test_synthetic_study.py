@@ -51,8 +51,7 @@ def _study_script():
 def test_committed_copies_of_generated_tables_match_their_tables():
     """README.md and docs/ copy the study's generated tables; every copy is the committed table, byte for byte."""
     study = _study_script()
-    copies = [(doc, m) for doc in [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
-              for m in study.COPY.finditer(doc.read_text())]
+    copies = [(doc, m) for doc in study.documents(REPO) for m in study.COPY.finditer(doc.read_text())]
     assert {m.group(2) for _, m in copies} >= {"docs/study/synthetic_study.md", "docs/study/onestep.md"}
     for doc, m in copies:
         assert m.group(3) == "\n" + (REPO / m.group(2)).read_text() + "\n", f"{doc}: stale copy of {m.group(2)}"
