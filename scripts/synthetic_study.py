@@ -11,7 +11,8 @@
 out and evaluates each variant through the same `python -m starmd <step>` commands the rules use, with the variant's
 overrides deep-merged over config.yaml + config.synthetic.yaml + the spec's `base` (which pins the settings the rows
 were measured from, so a later change of config.yaml's defaults leaves every row reproducible); a variant with
-`checkpoint_of: <variant>` only changes the rollout and reuses that variant's checkpoint. Finished outputs are kept,
+`checkpoint_of: <variant>` only changes the rollout and reuses that variant's checkpoint; `based_on: <variant>` starts
+from an earlier variant's overrides, so the row lists only what it changes. Finished outputs are kept,
 so a rerun only does what is missing. `table` writes synthetic_study.{json,md,png} from the saved evaluation JSONs
 only. `ideal` writes ideal.{json,md,png}: the ACF error the ideal sampler (starmd.evaluation.ideal: exact conditional
 given the last K history frames re-noised at tau) reaches at the rollout's size, for the spec's grid of tau and K,
@@ -93,7 +94,25 @@ def load_spec(path: Path) -> tuple[dict, list[dict]]:
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
     for extra in spec.get("configfiles", ["config.synthetic.yaml"]):
         config = deep_merge(config, yaml.safe_load((ROOT / extra).read_text()))
-    return deep_merge(config, spec.get("base", {})), spec["variants"]
+    return deep_merge(config, spec.get("base", {})), resolve_based_on(spec["variants"], path)
+
+
+def resolve_based_on(variants: list[dict], path: Path) -> list[dict]:
+    """Variants with `based_on: <earlier variant>` get that variant's overrides with their own deep-merged over them,
+    so a row that changes one thing from another lists only that thing."""
+    resolved: dict[str, dict] = {}
+    out = []
+    for variant in variants:
+        variant = dict(variant)
+        parent = variant.pop("based_on", None)
+        if parent is not None:
+            if parent not in resolved:
+                raise ValueError(f"{path}: variant {variant['name']!r} is based_on {parent!r}, which is not an "
+                                 f"earlier variant of the spec")
+            variant["overrides"] = deep_merge(resolved[parent], variant.get("overrides", {}))
+        resolved[variant["name"]] = variant.get("overrides", {})
+        out.append(variant)
+    return out
 
 
 def variant_config(base: dict, variant: dict) -> dict:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,3 +65,24 @@ def test_sync_copies_rewrites_only_the_named_table():
     new = study.sync_copies(doc, {"docs/a.md": "| new |\n|---|\n"})
     assert new == doc.replace("| old |\n", "| new |\n|---|\n")
     assert study.sync_copies(new, {"docs/a.md": "| new |\n|---|\n"}) == new  # idempotent
+
+
+def test_based_on_starts_from_the_parent_overrides_and_names_a_missing_parent(tmp_path):
+    """A variant `based_on` another gets the parent's overrides (resolved through the parent's own `based_on`) with
+    its own merged over them; the parent itself is unchanged, and a parent that is not an earlier variant is an
+    error naming the spec and both variants."""
+    study = _study_script()
+    spec = tmp_path / "spec.yaml"
+    variants = study.resolve_based_on([
+        {"name": "a", "overrides": {"training": {"steps": 10, "tau_max": 0.02}, "rollout": {"tau": 0.01}}},
+        {"name": "a_markov", "based_on": "a", "overrides": {"training": {"context_window": 1}}},
+        {"name": "a_markov_seed1", "based_on": "a_markov", "overrides": {"seed": 1, "rollout": {"tau": 0.03}}},
+    ], spec)
+    assert variants[0]["overrides"] == {"training": {"steps": 10, "tau_max": 0.02}, "rollout": {"tau": 0.01}}
+    assert variants[1]["overrides"] == {"training": {"steps": 10, "tau_max": 0.02, "context_window": 1},
+                                        "rollout": {"tau": 0.01}}
+    assert variants[2]["overrides"] == {"seed": 1, "training": {"steps": 10, "tau_max": 0.02, "context_window": 1},
+                                        "rollout": {"tau": 0.03}}
+    assert all("based_on" not in v for v in variants)
+    with pytest.raises(ValueError, match=r"spec\.yaml: variant 'b' is based_on 'later'"):
+        study.resolve_based_on([{"name": "b", "based_on": "later"}, {"name": "later"}], spec)
