@@ -36,7 +36,7 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -89,12 +89,21 @@ def deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
-def load_spec(path: Path) -> tuple[dict, list[dict]]:
+class Spec(NamedTuple):
+    """The study spec, read once: the merged base config, the variants (based_on resolved) and the grids of the
+    `ideal`, `onestep` and `filters` commands (by command name)."""
+    base: dict
+    variants: list[dict]
+    grids: dict[str, dict]
+
+
+def load_spec(path: Path) -> Spec:
     spec = yaml.safe_load(path.read_text())
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
     for extra in spec.get("configfiles", ["config.synthetic.yaml"]):
         config = deep_merge(config, yaml.safe_load((ROOT / extra).read_text()))
-    return deep_merge(config, spec.get("base", {})), resolve_based_on(spec["variants"], path)
+    grids = {k: spec[k] for k in ("ideal", "onestep", "filters") if k in spec}
+    return Spec(deep_merge(config, spec.get("base", {})), resolve_based_on(spec["variants"], path), grids)
 
 
 def resolve_based_on(variants: list[dict], path: Path) -> list[dict]:
@@ -164,7 +173,7 @@ def run_variant(base: dict, variant: dict, out_root: Path, threads: int) -> Path
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    base, variants = load_spec(args.spec)
+    base, variants, _ = load_spec(args.spec)
     chosen = [v for v in variants if not args.only or v["name"] in args.only]
     out_root = ROOT / args.out_root
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
@@ -185,7 +194,7 @@ def _shown(path: Path) -> str:
 def collect(spec: Path, out_root: Path, previous: dict[str, dict]) -> list[dict[str, Any]]:
     """One row per variant from its evaluation JSON; a variant not evaluated on this machine (an earlier session's
     runs/) keeps its row from the last table (`previous`, by variant), else it is marked missing."""
-    base, variants = load_spec(spec)
+    base, variants, _ = load_spec(spec)
     rows = []
     for v in variants:
         name = variant_config(base, v)["synthetic"]["name"]
@@ -276,8 +285,8 @@ def cmd_ideal(args: argparse.Namespace) -> int:
     from starmd.evaluation.ideal import contextual_noise_A, ideal_scores
     from starmd.evaluation.truth import load_truth
 
-    base, variants = load_spec(args.spec)
-    grid = yaml.safe_load(args.spec.read_text())["ideal"]
+    base, variants, grids = load_spec(args.spec)
+    grid = grids["ideal"]
     truth = load_truth(ROOT / "data/raw/synthetic" / base["synthetic"]["name"] / "truth.json")
     r3 = R3Diffuser(**base["diffusion"]["r3"])
     size = dict(n_frames=base["rollout"]["n_frames"], n_trajectories=base["rollout"]["n_samples"],
@@ -393,8 +402,8 @@ def onestep_scores(variant: dict, base: dict, truth: dict, out_root: Path, grid:
 def cmd_onestep(args: argparse.Namespace) -> int:
     from starmd.evaluation.truth import load_truth
 
-    base, variants = load_spec(args.spec)
-    grid = yaml.safe_load(args.spec.read_text())["onestep"]
+    base, variants, grids = load_spec(args.spec)
+    grid = grids["onestep"]
     truth = load_truth(ROOT / "data/raw/synthetic" / base["synthetic"]["name"] / "truth.json")
     out_root = ROOT / args.out_root
     measured = {v["name"]: onestep_scores(v, base, truth, out_root, grid) for v in variants
@@ -426,8 +435,8 @@ def cmd_filters(args: argparse.Namespace) -> int:
     from starmd.evaluation.ideal import contextual_noise
     from starmd.evaluation.truth import load_truth
 
-    base, _ = load_spec(args.spec)
-    grid = yaml.safe_load(args.spec.read_text())["filters"]
+    base, _, grids = load_spec(args.spec)
+    grid = grids["filters"]
     name = base["synthetic"]["name"]
     projection = np.asarray(load_truth(ROOT / "data/raw/synthetic" / name / "truth.json")["slow_modes"]
                             ["projection_ca"], dtype=np.float64)

@@ -86,3 +86,20 @@ def test_based_on_starts_from_the_parent_overrides_and_names_a_missing_parent(tm
     assert all("based_on" not in v for v in variants)
     with pytest.raises(ValueError, match=r"spec\.yaml: variant 'b' is based_on 'later'"):
         study.resolve_based_on([{"name": "b", "based_on": "later"}, {"name": "later"}], spec)
+
+
+def test_load_spec_reads_the_spec_once_with_its_grids(tmp_path):
+    """load_spec returns the base config (config.yaml + configfiles + the spec's base), the resolved variants and the
+    probe grids, so `ideal`, `onestep` and `filters` use what was read with the variants."""
+    study = _study_script()
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({
+        "configfiles": ["config.synthetic.yaml"], "base": {"training": {"trans_loss_weight": 1.0}},
+        "onestep": {"seed": 3, "history": 8}, "filters": {"taus": [0.0]},
+        "variants": [{"name": "a", "overrides": {"seed": 1}}, {"name": "b", "based_on": "a"}]}))
+    base, variants, grids = study.load_spec(spec)
+    synthetic = yaml.safe_load((REPO / "config.synthetic.yaml").read_text())
+    assert base["training"]["trans_loss_weight"] == 1.0
+    assert base["synthetic"] == synthetic["synthetic"]
+    assert [v["overrides"] for v in variants] == [{"seed": 1}, {"seed": 1}]
+    assert grids == {"onestep": {"seed": 3, "history": 8}, "filters": {"taus": [0.0]}}
