@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import NamedTuple
 
+import openmm.app
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,3 +58,49 @@ def demo_protein(tmp_path_factory) -> DemoProtein:
     raw_dir = tmp_path_factory.mktemp("demo_raw") / name
     prepare_demo(name, raw_dir, DemoConfig(**DEMO_TEST_CONFIG))
     return DemoProtein(raw_dir, name)
+
+
+VILLIN = Path(openmm.app.__file__).parent / "data" / "test.pdb"  # the villin headpiece shipped with OpenMM
+
+
+@pytest.fixture(scope="module")
+def villin():
+    """(frames Rigid [N], aatype [N]) of the villin headpiece: a real chain, frames from its N, CA, C atoms."""
+    import mdtraj as md
+    import torch
+
+    from starmd.data.residues import protein_residues, sequence_to_aatype
+    from starmd.geometry import Rigid
+
+    traj = md.load(VILLIN)
+    traj = traj.atom_slice(traj.top.select("protein"))
+    seq, _, bb = protein_residues(traj.top, str(VILLIN))
+    xyz = torch.tensor(traj.xyz[0] * 10, dtype=torch.float64)
+    return Rigid.from_3_points(xyz[bb[:, 0]], xyz[bb[:, 1]], xyz[bb[:, 2]]), torch.as_tensor(sequence_to_aatype(seq))
+
+
+@pytest.fixture(scope="module")
+def villin_rollout(villin):
+    """(frames [8], aatype [8], run): run(residue_types=True, **rollout keys) rolls out one frame x 3 samples of the
+    first 8 villin residues from a tiny random-weight model (fixed seed), so a rollout flag can be compared with the
+    plain rollout's same draws."""
+    import torch
+
+    from starmd.diffusion import SE3Diffuser
+    from starmd.model.network import StarMD
+    from starmd.rollout.config import RolloutConfig
+    from starmd.rollout.sampler import run_rollout
+
+    frames, aatype = villin[0][:8], villin[1][:8]
+    torch.manual_seed(0)
+    model = StarMD(c_s_in=6, c_z_in=4, c_s=16, c_z=8, n_blocks=1, n_heads=2, c_hidden=4, no_heads_ipa=2,
+                   c_hidden_ipa=4, no_qk_points=2, no_v_points=2, transition_n=1, c_time=8, c_phys_time=4,
+                   n_rbf=4).to(torch.float64).eval()
+    single, pair = torch.randn(8, 6, dtype=torch.float64), torch.randn(8, 8, 4, dtype=torch.float64)
+    diffuser = SE3Diffuser(so3={"num_sigma": 64, "num_omega": 256})
+
+    def run(residue_types: bool = True, **keys):
+        cfg = RolloutConfig(n_frames=1, n_samples=3, steps=4, progress_bar=False, delta_t_ps=10.0, **keys)
+        return run_rollout(model, diffuser, single, pair, frames, cfg, aatype=aatype if residue_types else None)
+
+    return frames, aatype, run

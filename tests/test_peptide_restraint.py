@@ -3,43 +3,24 @@
 finite differences, the conditioned frames' bonds, their spread, the law's weights, chain breaks, and the flag
 reaching a rollout (only rotations change, after the same translations).
 
-The chain is a real one: the villin headpiece shipped with OpenMM, frames from its N, CA, C atoms.
+The chain is a real one: the villin headpiece shipped with OpenMM (the `villin` fixture, tests/conftest.py).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import mdtraj as md
-import openmm.app
 import pytest
 import torch
 
-from starmd.data.residues import protein_residues, sequence_to_aatype
-from starmd.diffusion import SE3Diffuser
 from starmd.evaluation.metrics import backbone_clash
 from starmd.geometry import Rigid, rotmat_to_rotvec, rotvec_to_rotmat
 from starmd.geometry.backbone import IDEAL_LOCAL, backbone_atoms
 from starmd.geometry.contacts import (CONTACT_MIN_A, atom_rotation_jacobian, contact_distances, contact_jacobian,
                                       contact_pairs)
 from starmd.geometry.peptide import peptide_bonded, peptide_distances, peptide_targets
-from starmd.model.network import StarMD
 from starmd.rollout.config import RolloutConfig
 from starmd.rollout.peptide import PeptideChain, condition_on_peptide_bonds
-from starmd.rollout.sampler import run_rollout
 
-VILLIN = Path(openmm.app.__file__).parent / "data" / "test.pdb"
 F64 = torch.float64
-
-
-@pytest.fixture(scope="module")
-def villin() -> tuple[Rigid, torch.Tensor]:
-    """(frames Rigid [N], aatype [N]) of the villin headpiece."""
-    traj = md.load(VILLIN)
-    traj = traj.atom_slice(traj.top.select("protein"))
-    seq, _, bb = protein_residues(traj.top, str(VILLIN))
-    xyz = torch.tensor(traj.xyz[0] * 10, dtype=F64)
-    return Rigid.from_3_points(xyz[bb[:, 0]], xyz[bb[:, 1]], xyz[bb[:, 2]]), torch.as_tensor(sequence_to_aatype(seq))
 
 
 def _turned(frames: Rigid, angle: float, batch: int, seed: int) -> Rigid:
@@ -184,31 +165,22 @@ def test_conditioning_turns_the_residues_the_law_is_unsure_of(villin):
 
 def test_no_bonds_no_turn(villin):
     frames, aatype = villin
-    chain = PeptideChain(aatype, torch.zeros(frames.shape[0] - 1, dtype=torch.bool))
+    n = frames.shape[0]
+    chain = PeptideChain(aatype, torch.zeros(n - 1, dtype=torch.bool), torch.full((n - 1,), 3.8, dtype=F64))
     turned = _turned(frames, 0.1, 2, seed=3)
     out = condition_on_peptide_bonds(turned, chain, 1.0, None, torch.Generator().manual_seed(0))
     torch.testing.assert_close(out.rots, turned.rots, atol=1e-12, rtol=0)
 
 
-def test_rollout_flag_turns_rotations_only_and_needs_the_residue_types(villin):
-    frames, aatype = villin
-    frames, aatype = frames[:8], aatype[:8]
-    torch.manual_seed(0)
-    model = StarMD(c_s_in=6, c_z_in=4, c_s=16, c_z=8, n_blocks=1, n_heads=2, c_hidden=4, no_heads_ipa=2,
-                   c_hidden_ipa=4, no_qk_points=2, no_v_points=2, transition_n=1, c_time=8, c_phys_time=4,
-                   n_rbf=4).to(F64).eval()
-    single, pair = torch.randn(8, 6, dtype=F64), torch.randn(8, 8, 4, dtype=F64)
-    diffuser = SE3Diffuser(so3={"num_sigma": 64, "num_omega": 256})
-    base = dict(n_frames=1, n_samples=3, steps=4, progress_bar=False, delta_t_ps=10.0)
-    plain = run_rollout(model, diffuser, single, pair, frames, RolloutConfig(**base), aatype=aatype)
-    cfg = RolloutConfig(**base, peptide_restraint=1.0)
-    restrained = run_rollout(model, diffuser, single, pair, frames, cfg, aatype=aatype)
+def test_rollout_flag_turns_rotations_only_and_needs_the_residue_types(villin_rollout):
+    frames, aatype, run = villin_rollout
+    plain, restrained = run(), run(peptide_restraint=1.0)
     torch.testing.assert_close(restrained.translations, plain.translations)  # same draws up to the restraint
     assert not torch.allclose(restrained.rotations, plain.rotations)
     bonds = [peptide_distances(Rigid(r.rotations[:, 0], r.translations[:, 0]), aatype)[0][..., 0]
              for r in (plain, restrained)]
     assert (bonds[1] - 1.329).abs().mean() < (bonds[0] - 1.329).abs().mean()
     with pytest.raises(ValueError, match="peptide_restraint needs"):
-        run_rollout(model, diffuser, single, pair, frames, cfg)
+        run(residue_types=False, peptide_restraint=1.0)
     with pytest.raises(ValueError, match="rollout.peptide_restraint must be >= 0"):
         RolloutConfig(peptide_restraint=-1.0)

@@ -19,6 +19,7 @@ class RolloutConfig:
     time_grid: str = "linear"  # spacing of the steps' diffusion times: "linear" or "log" (geometric, dense near t_min)
     reverse: str = "euler"  # reverse step: "euler" (Euler-Maruyama on the score) or "ancestral" (q(x_s | x_t, x0))
     chain_transport: bool = False  # ancestral only: each residue's rotation turns with its local CA trace
+    ca_restraint: float = 0.0  # > 0: translations moved to keep CA-CA bonds at the start's (std in units of 0.05 A)
     peptide_restraint: float = 0.0  # > 0: frames turned to close their peptide bonds (std in AlphaFold2 spreads)
     tau: float = 0.05  # contextual noise (diffusion time) added to each finished frame before it is cached; 0 = off
     context_window: int = 0  # K most recent frames held in the KV cache; 0 = all frames
@@ -48,8 +49,9 @@ class RolloutConfig:
             raise ValueError(f"rollout.reverse must be 'euler' or 'ancestral', got {self.reverse!r}")
         if self.chain_transport and self.reverse != "ancestral":
             raise ValueError("rollout.chain_transport needs rollout.reverse: ancestral (it turns the ancestral draws)")
-        if self.peptide_restraint < 0:
-            raise ValueError(f"rollout.peptide_restraint must be >= 0 (0 = off), got {self.peptide_restraint}")
+        for key in ("ca_restraint", "peptide_restraint"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"rollout.{key} must be >= 0 (0 = off), got {getattr(self, key)}")
         if not 0 <= self.tau < 1:
             raise ValueError(f"rollout.tau must be in [0, 1), got {self.tau}")
         if self.context_window < 0:

@@ -33,19 +33,21 @@ from starmd.geometry.contacts import (CONTACT_MIN_A, atom_rotation_jacobian, con
 from starmd.geometry.peptide import peptide_bonded, peptide_distances, peptide_targets
 from starmd.geometry.rigid import Rigid
 from starmd.geometry.so3 import rotmat_to_rotvec, rotvec_to_rotmat
+from starmd.rollout.restraint import gauss_newton_step, minimise
 
 DEFAULT_ROT_STD = 0.1  # rad: the rotation width assumed without a step law (the study's model.step_std_init)
 CONTACT_STD_A = 0.05  # A: the wall's softness at scale 1: 0.05 A inside costs what a bond one AF2 spread off does
-_HALVINGS = 8  # most halvings of a Gauss-Newton step that would raise the objective
 _CONVERGED_RAD = 1e-5  # Gauss-Newton stops once no residue turns by more than this in a step
 
 
 @dataclass(frozen=True)
 class PeptideChain:
-    """What the restraint needs of a protein: residue types [N] and which consecutive residues are bonded [N-1]."""
+    """What the restraints need of a protein: residue types [N], which consecutive residues are bonded [N-1] and
+    their CA-CA distances in the start structure [N-1] (A; `starmd.rollout.trace`)."""
 
     aatype: torch.Tensor
     bonded: torch.Tensor
+    ca_ca: torch.Tensor
 
     @classmethod
     def from_start(cls, start: Rigid, aatype) -> "PeptideChain":
@@ -54,7 +56,9 @@ class PeptideChain:
         if aatype.shape != start.shape:
             raise ValueError(f"aatype has {tuple(aatype.shape)} entries for a start structure of {start.shape[0]} "
                              "residues")
-        return cls(aatype, peptide_bonded(start.to(dtype=torch.float64), aatype))
+        start = start.to(dtype=torch.float64)
+        ca_ca = (start.trans[1:] - start.trans[:-1]).norm(dim=-1)
+        return cls(aatype, peptide_bonded(start, aatype), ca_ca)
 
 
 def condition_on_peptide_bonds(frames: Rigid, chain: PeptideChain, scale: float, rot_std: torch.Tensor | None,
@@ -91,26 +95,16 @@ def condition_on_peptide_bonds(frames: Rigid, chain: PeptideChain, scale: float,
         inside = (CONTACT_MIN_A - contact_distances(atoms, pairs)).clamp_min(0)  # [B, P]
         value = 0.5 * (resid.square().sum((-1, -2)) + (prior * offset.square()).sum((-1, -2))
                        + (inside / wall_std).square().sum(-1))  # [B]
-        return {"rots": rots, "resid": resid, "jac": jac * weight[..., None, None], "offset": offset, "value": value,
+        return {"x": rots, "resid": resid, "jac": jac * weight[..., None, None], "offset": offset, "value": value,
                 "atoms": atoms, "inside": inside}
 
-    current = state(frames.rots)
-    for _ in range(iterations):
-        wall_resid, wall_jac = _wall_terms(Rigid(current["rots"], frames.trans), chain.aatype, pairs,
+    def step(current: dict[str, torch.Tensor]) -> torch.Tensor:
+        wall_resid, wall_jac = _wall_terms(Rigid(current["x"], frames.trans), chain.aatype, pairs,
                                            current["atoms"], current["inside"], wall_std)
-        step = _gauss_newton_step(current["resid"], current["jac"], prior, current["offset"], wall_resid, wall_jac)
-        step_size = torch.ones(b, dtype=dtype, device=device)
-        for _ in range(_HALVINGS):
-            trial = state(current["rots"] @ rotvec_to_rotmat(step_size[:, None, None] * step))
-            better = trial["value"] <= current["value"]
-            if bool(better.all()):
-                break
-            step_size = torch.where(better, step_size, step_size / 2)
-        current = {k: torch.where(better.view(-1, *[1] * (v.dim() - 1)), trial[k], v) for k, v in current.items()}
-        taken = torch.where(better[:, None, None], step_size[:, None, None] * step, 0.0)  # a refused step is final
-        if float(taken.abs().max()) < _CONVERGED_RAD:
-            break
-    return Rigid(current["rots"].to(drawn.dtype), drawn.trans)
+        return gauss_newton_step(current["resid"], current["jac"], prior, current["offset"], wall_resid, wall_jac)
+
+    final = minimise(state, frames.rots, step, lambda rots, w: rots @ rotvec_to_rotmat(w), iterations, _CONVERGED_RAD)
+    return Rigid(final["x"].to(drawn.dtype), drawn.trans)
 
 
 def _wall_terms(frames: Rigid, aatype: torch.Tensor, pairs: tuple[torch.Tensor, torch.Tensor], atoms: torch.Tensor,
@@ -123,28 +117,3 @@ def _wall_terms(frames: Rigid, aatype: torch.Tensor, pairs: tuple[torch.Tensor, 
     jac = contact_jacobian(atoms, atom_rotation_jacobian(frames, aatype), a, b)  # [B, P, N, 3]
     on = (inside[:, active] > 0).to(atoms.dtype)
     return inside[:, active] / wall_std, -jac * (on / wall_std)[..., None, None]
-
-
-def _gauss_newton_step(resid: torch.Tensor, jac: torch.Tensor, prior: torch.Tensor, offset: torch.Tensor,
-                       wall_resid: torch.Tensor, wall_jac: torch.Tensor) -> torch.Tensor:
-    """The Gauss-Newton step [B, N, 3] of 0.5 (|resid|^2 + |wall_resid|^2 + sum prior offset^2):
-    (J^T J + diag(prior)) step = -(J^T r + prior offset), with the bonds' J block-bidiagonal (each bond's rows touch
-    residues i and i + 1) and the wall's dense (wall_jac [B, P, N, 3]), assembled as a 3N x 3N system: one Cholesky
-    per frame."""
-    b, n, _ = offset.shape
-    lo, hi = jac[..., 0, :], jac[..., 1, :]  # gradients on residue i and i + 1: [B, N-1, 3, 3]
-    idx = torch.arange(n - 1, device=offset.device)
-    hess = torch.zeros(b, n, n, 3, 3, dtype=offset.dtype, device=offset.device)
-    hess[:, idx, idx] += torch.einsum("bnki,bnkj->bnij", lo, lo)
-    hess[:, idx + 1, idx + 1] += torch.einsum("bnki,bnkj->bnij", hi, hi)
-    hess[:, idx, idx + 1] += torch.einsum("bnki,bnkj->bnij", lo, hi)
-    hess[:, idx + 1, idx] += torch.einsum("bnki,bnkj->bnij", hi, lo)
-    grad = prior * offset
-    grad[:, :-1] += torch.einsum("bnki,bnk->bni", lo, resid)
-    grad[:, 1:] += torch.einsum("bnki,bnk->bni", hi, resid)
-    wall = wall_jac.reshape(b, -1, 3 * n)  # [B, P, 3N]
-    hess = (hess.permute(0, 1, 3, 2, 4).reshape(b, 3 * n, 3 * n) + torch.diag_embed(prior.reshape(b, 3 * n))
-            + wall.transpose(-1, -2) @ wall)
-    grad = grad.reshape(b, 3 * n, 1) + wall.transpose(-1, -2) @ wall_resid[..., None]
-    step = torch.cholesky_solve(-grad, torch.linalg.cholesky(hess))
-    return step.reshape(b, n, 3)

@@ -3,8 +3,9 @@ the context of the frames before it; a finished frame is re-noised to diffusion 
 enters the context, as the context frames were during training.
 
 Order of random draws (one torch.Generator per rollout, so a seed fixes every trajectory): contextual noise of the
-start frame; then per frame: the prior sample, one draw per reverse step, the peptide restraint's perturbation (with
-`rollout.peptide_restraint`), the contextual noise of the finished frame.
+start frame; then per frame: the prior sample, one draw per reverse step, the CA restraint's perturbation (with
+`rollout.ca_restraint`), the peptide restraint's (with `rollout.peptide_restraint`), the contextual noise of the
+finished frame.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from starmd.model.network import StarMD
 from starmd.rollout.config import RolloutConfig
 from starmd.rollout.context import CachedContext, Context, RecomputedContext
 from starmd.rollout.peptide import PeptideChain, condition_on_peptide_bonds
+from starmd.rollout.trace import condition_on_ca_bonds
 
 _PS_PER_NS = 1000.0
 _S_PER_DAY = 86400.0
@@ -77,9 +79,11 @@ def denoise_frame(context: Context, diffuser: SE3Diffuser, frame_time_ps: float,
                   autocast: Callable[[], contextlib.AbstractContextManager], chain: PeptideChain | None = None
                   ) -> Rigid:
     """Reverse diffusion of one new frame Rigid [B, N] from the prior at t = 1 to the x0 prediction at t_min; with
-    `rollout.peptide_restraint`, its rotations are then conditioned on the peptide bonds of `chain`."""
-    if cfg.peptide_restraint > 0 and chain is None:
-        raise ValueError("rollout.peptide_restraint needs the protein's residue types and bonds (a PeptideChain)")
+    `rollout.ca_restraint`, its translations are then conditioned on the CA-CA bonds of `chain`, and with
+    `rollout.peptide_restraint` its rotations on the peptide bonds."""
+    for key in ("ca_restraint", "peptide_restraint"):
+        if getattr(cfg, key) > 0 and chain is None:
+            raise ValueError(f"rollout.{key} needs the protein's residue types and bonds (a PeptideChain)")
     b = shape[0]
     x = diffuser.sample_ref(shape, generator, dtype=dtype, device=device)
     frame_time = torch.full((b,), frame_time_ps, dtype=dtype, device=device)
@@ -100,8 +104,11 @@ def denoise_frame(context: Context, diffuser: SE3Diffuser, frame_time_ps: float,
         rot_score = diffuser.calc_rot_score(x.rots, frame.rots, t)
         trans_score = diffuser.calc_trans_score(x.trans, frame.trans, t)
         x = diffuser.reverse(x, rot_score, trans_score, t, t - ts[i + 1], generator)
+    log_std = out.get("step_log_std")  # the step law's widths (A, rad), where the network predicts them
+    if cfg.ca_restraint > 0:
+        trans_std = None if log_std is None else log_std[..., 0].exp().to(dtype)
+        frame = condition_on_ca_bonds(frame, chain, cfg.ca_restraint, trans_std, generator)
     if cfg.peptide_restraint > 0:
-        log_std = out.get("step_log_std")  # the step law's widths, where the network predicts them
         rot_std = None if log_std is None else log_std[..., 1].exp().to(dtype)
         frame = condition_on_peptide_bonds(frame, chain, cfg.peptide_restraint, rot_std, generator)
     return centred(frame)
