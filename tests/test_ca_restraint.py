@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from starmd.geometry import Rigid
+from starmd.geometry.peptide import ca_distances
 from starmd.rollout.config import RolloutConfig
 from starmd.rollout.peptide import PeptideChain
-from starmd.rollout.trace import CA_CA_STD_A, ca_distances, condition_on_ca_bonds
+from starmd.rollout.trace import CA_CA_STD_A, condition_on_ca_bonds
 
 F64 = torch.float64
 

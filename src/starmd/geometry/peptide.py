@@ -73,6 +73,14 @@ def peptide_distances(frames: Rigid, aatype: torch.Tensor, with_jacobian: bool =
     return dist, torch.stack([grad_i, grad_j], dim=-2)  # [..., N-1, 3, 2, 3]
 
 
+def ca_distances(trans: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Consecutive CA-CA distances [..., N-1] (A) of translations [..., N, 3] and their unit vectors [..., N-1, 3]
+    from CA i to CA i + 1 (the gradient of each distance in CA i + 1; minus it in CA i)."""
+    diff = trans[..., 1:, :] - trans[..., :-1, :]
+    dist = diff.norm(dim=-1)
+    return dist, diff / dist[..., None].clamp_min(1e-9)
+
+
 def peptide_bonded(frames: Rigid, aatype: torch.Tensor, max_c_n_A: float = 2.0) -> torch.Tensor:
     """[N-1] bool: where residue i + 1 is bonded to residue i in frames Rigid [N] (C(i)-N(i+1) below max_c_n_A),
     so chain breaks, missing residues and separate chains get no peptide bond."""

@@ -30,7 +30,7 @@ import torch
 from starmd.geometry.backbone import backbone_atoms
 from starmd.geometry.contacts import (CONTACT_MIN_A, atom_rotation_jacobian, contact_distances, contact_jacobian,
                                       contact_pairs)
-from starmd.geometry.peptide import peptide_bonded, peptide_distances, peptide_targets
+from starmd.geometry.peptide import ca_distances, peptide_bonded, peptide_distances, peptide_targets
 from starmd.geometry.rigid import Rigid
 from starmd.geometry.so3 import rotmat_to_rotvec, rotvec_to_rotmat
 from starmd.rollout.restraint import gauss_newton_step, minimise
@@ -57,8 +57,7 @@ class PeptideChain:
             raise ValueError(f"aatype has {tuple(aatype.shape)} entries for a start structure of {start.shape[0]} "
                              "residues")
         start = start.to(dtype=torch.float64)
-        ca_ca = (start.trans[1:] - start.trans[:-1]).norm(dim=-1)
-        return cls(aatype, peptide_bonded(start, aatype), ca_ca)
+        return cls(aatype, peptide_bonded(start, aatype), ca_distances(start.trans)[0])
 
 
 def condition_on_peptide_bonds(frames: Rigid, chain: PeptideChain, scale: float, rot_std: torch.Tensor | None,

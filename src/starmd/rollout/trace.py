@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from starmd.geometry.peptide import ca_distances
 from starmd.geometry.rigid import Rigid
 from starmd.rollout.peptide import PeptideChain
 from starmd.rollout.restraint import gauss_newton_step, minimise
@@ -25,14 +26,6 @@ from starmd.rollout.restraint import gauss_newton_step, minimise
 CA_CA_STD_A = 0.05  # A: the spread of a bonded CA-CA distance in MD at 300 K (demo peptides 0.053-0.055 A)
 DEFAULT_TRANS_STD = 0.25  # A: the translation width assumed without a step law (the study's model.step_std_init)
 _CONVERGED_A = 1e-5  # Gauss-Newton stops once no residue moves by more than this in a step
-
-
-def ca_distances(trans: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Consecutive CA-CA distances [..., N-1] (A) of translations [..., N, 3] and their unit vectors [..., N-1, 3]
-    from CA i to CA i + 1 (the gradient of each distance in CA i + 1; minus it in CA i)."""
-    diff = trans[..., 1:, :] - trans[..., :-1, :]
-    dist = diff.norm(dim=-1)
-    return dist, diff / dist[..., None].clamp_min(1e-9)
 
 
 def condition_on_ca_bonds(frames: Rigid, chain: PeptideChain, scale: float, trans_std: torch.Tensor | None,
