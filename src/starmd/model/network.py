@@ -35,8 +35,9 @@ The step's width (`step_std_init`). With it, a small head on each target token's
 log width (A, rad) of that residue's next-frame law around the x0 prediction, and the denoiser is the posterior mean
 under that law (`SE3Diffuser.posterior_mean`, an EDM-style skip): at small diffusion time the x0 estimate follows the
 noisy frame itself, so sampled frames keep the width of the data. The widths are learned through the denoising loss
-(the posterior mean is its minimiser only at the true width). Off by default (not kept: its independent
-per-residue rotation widths break the peptide bond; docs/study/). With `step_modes` r > 0 the head also predicts
+(the posterior mean is its minimiser only at the true width). Off by default; config.yaml turns it on
+with `step_elastic`, rolled out with the CA-trace and peptide restraints, which repair what its independent
+per-residue widths break (CA-CA and peptide bonds; docs/study/). With `step_modes` r > 0 the head also predicts
 r collective displacement modes U [N, r] (A), so the translation law's covariance is diag(s^2) + U U^T across
 residues: a frame's motion is correlated along the chain, and a diagonal law, measured on the known-answer
 system, put its width into independent per-residue jitter that broke CA-CA geometry. With `step_elastic`
