@@ -3,25 +3,22 @@ OpenMM: `openmm/app/data/test.pdb`, 35 residues)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import mdtraj as md
 import numpy as np
-import openmm.app
 import pytest
 import torch
 
+from conftest import VILLIN
 from starmd.data.residues import RESTYPES, one_letter, protein_residues, sequence_to_aatype
 from starmd.geometry import Rigid, random_rotation
 from starmd.geometry.backbone import RESNAMES, backbone_atoms
 from starmd.rollout.backbone import backbone_topology
 
-VILLIN = Path(openmm.app.__file__).parent / "data" / "test.pdb"
-
 
 @pytest.fixture(scope="module")
-def villin():
-    """(aatype [N], true backbone [N, 4, 3] Angstrom float64 in N, CA, C, O order)."""
+def villin_backbone():
+    """(aatype [N], true backbone [N, 4, 3] Angstrom float64 in N, CA, C, O order); conftest's `villin` holds only
+    the frames, this needs the O atoms too."""
     traj = md.load(VILLIN)
     traj = traj.atom_slice(traj.top.select("protein"))
     seq, _, bb = protein_residues(traj.top, str(VILLIN))
@@ -39,8 +36,8 @@ def test_resnames_follow_openfold_restypes():
     assert [one_letter(r, "test") for r in RESNAMES] == list(RESTYPES)
 
 
-def test_reconstruction_reproduces_real_backbone(villin):
-    aatype, true = villin
+def test_reconstruction_reproduces_real_backbone(villin_backbone):
+    aatype, true = villin_backbone
     err = (_rebuild(true, aatype) - true).norm(dim=-1)  # [N, 4]
     rms = err.pow(2).mean(0).sqrt()
     assert err[:, 1].max() < 1e-9  # CA is the frame origin
@@ -52,8 +49,8 @@ def test_reconstruction_reproduces_real_backbone(villin):
     assert err[-1, 3] < 2.3
 
 
-def test_peptide_geometry_of_reconstruction(villin):
-    aatype, true = villin
+def test_peptide_geometry_of_reconstruction(villin_backbone):
+    aatype, true = villin_backbone
     x = _rebuild(true, aatype)
     c_n = (x[:-1, 2] - x[1:, 0]).norm(dim=-1)
     n_ca = (x[:, 0] - x[:, 1]).norm(dim=-1)
@@ -63,8 +60,8 @@ def test_peptide_geometry_of_reconstruction(villin):
     assert torch.allclose(c_o, torch.full_like(c_o, 1.23), atol=0.01)
 
 
-def test_reconstruction_is_se3_equivariant(villin):
-    aatype, true = villin
+def test_reconstruction_is_se3_equivariant(villin_backbone):
+    aatype, true = villin_backbone
     g = torch.Generator().manual_seed(0)
     r = random_rotation((), generator=g, dtype=torch.float64)
     t = torch.randn(3, generator=g, dtype=torch.float64) * 10
@@ -72,8 +69,8 @@ def test_reconstruction_is_se3_equivariant(villin):
     assert torch.allclose(_rebuild(moved, aatype), _rebuild(true, aatype) @ r.T + t, atol=1e-9)
 
 
-def test_topology_counts_names_and_bonds(villin):
-    aatype, _ = villin
+def test_topology_counts_names_and_bonds(villin_backbone):
+    aatype, _ = villin_backbone
     top = backbone_topology(aatype.numpy(), residue_index=np.arange(42, 42 + len(aatype)))
     n = len(aatype)
     assert (top.n_chains, top.n_residues, top.n_atoms, top.n_bonds) == (1, n, 4 * n, 3 * n + n - 1)
@@ -85,8 +82,8 @@ def test_topology_counts_names_and_bonds(villin):
     assert peptide == {(i, "C", "N") for i in range(n - 1)}
 
 
-def test_bad_aatype_is_rejected(villin):
-    aatype, true = villin
+def test_bad_aatype_is_rejected(villin_backbone):
+    aatype, true = villin_backbone
     frames = Rigid.from_3_points(true[:, 0], true[:, 1], true[:, 2])
     with pytest.raises(ValueError, match="aatype must be"):
         backbone_atoms(frames, aatype[:-1])
