@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import openmm.app
 import pytest
+
+if TYPE_CHECKING:  # torch and numpy stay out of conftest's import, as in the fixtures below
+    import numpy as np
+    import torch
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -63,20 +67,40 @@ def demo_protein(tmp_path_factory) -> DemoProtein:
 VILLIN = Path(openmm.app.__file__).parent / "data" / "test.pdb"  # the villin headpiece shipped with OpenMM
 
 
+class VillinBackbone(NamedTuple):
+    """The villin headpiece's protein residues: sequence, PDB resSeq [N], aatype [N] (long), backbone atoms
+    [N, 4, 3] (Angstrom, float64, N, CA, C, O order)."""
+
+    sequence: str
+    residue_index: np.ndarray
+    aatype: torch.Tensor
+    atoms: torch.Tensor
+
+
 @pytest.fixture(scope="module")
-def villin():
-    """(frames Rigid [N], aatype [N]) of the villin headpiece: a real chain, frames from its N, CA, C atoms."""
+def villin_backbone() -> VillinBackbone:
+    """The one loader of the villin test structure, which `villin` and the backbone and rollout tests build on."""
     import mdtraj as md
     import torch
 
     from starmd.data.residues import protein_residues, sequence_to_aatype
-    from starmd.geometry import Rigid
 
     traj = md.load(VILLIN)
     traj = traj.atom_slice(traj.top.select("protein"))
-    seq, _, bb = protein_residues(traj.top, str(VILLIN))
+    seq, resseq, bb = protein_residues(traj.top, str(VILLIN))
+    o_idx = [next(a.index for a in res.atoms if a.name == "O") for res in traj.top.residues]
     xyz = torch.tensor(traj.xyz[0] * 10, dtype=torch.float64)
-    return Rigid.from_3_points(xyz[bb[:, 0]], xyz[bb[:, 1]], xyz[bb[:, 2]]), torch.as_tensor(sequence_to_aatype(seq))
+    atoms = torch.stack([xyz[bb[:, 0]], xyz[bb[:, 1]], xyz[bb[:, 2]], xyz[o_idx]], dim=-2)
+    return VillinBackbone(seq, resseq, torch.tensor(sequence_to_aatype(seq), dtype=torch.long), atoms)
+
+
+@pytest.fixture(scope="module")
+def villin(villin_backbone):
+    """(frames Rigid [N], aatype [N]) of the villin headpiece: a real chain, frames from its N, CA, C atoms."""
+    from starmd.geometry import Rigid
+
+    atoms = villin_backbone.atoms
+    return Rigid.from_3_points(atoms[:, 0], atoms[:, 1], atoms[:, 2]), villin_backbone.aatype
 
 
 @pytest.fixture(scope="module")

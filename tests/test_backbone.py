@@ -3,29 +3,14 @@ OpenMM: `openmm/app/data/test.pdb`, 35 residues)."""
 
 from __future__ import annotations
 
-import mdtraj as md
 import numpy as np
 import pytest
 import torch
 
-from conftest import VILLIN
-from starmd.data.residues import RESTYPES, one_letter, protein_residues, sequence_to_aatype
+from starmd.data.residues import RESTYPES, one_letter
 from starmd.geometry import Rigid, random_rotation
 from starmd.geometry.backbone import RESNAMES, backbone_atoms
 from starmd.rollout.backbone import backbone_topology
-
-
-@pytest.fixture(scope="module")
-def villin_backbone():
-    """(aatype [N], true backbone [N, 4, 3] Angstrom float64 in N, CA, C, O order); conftest's `villin` holds only
-    the frames, this needs the O atoms too."""
-    traj = md.load(VILLIN)
-    traj = traj.atom_slice(traj.top.select("protein"))
-    seq, _, bb = protein_residues(traj.top, str(VILLIN))
-    o_idx = [next(a.index for a in res.atoms if a.name == "O") for res in traj.top.residues]
-    xyz = torch.tensor(traj.xyz[0] * 10, dtype=torch.float64)
-    atoms = torch.stack([xyz[bb[:, 0]], xyz[bb[:, 1]], xyz[bb[:, 2]], xyz[o_idx]], dim=-2)
-    return torch.tensor(sequence_to_aatype(seq), dtype=torch.long), atoms
 
 
 def _rebuild(atoms: torch.Tensor, aatype: torch.Tensor) -> torch.Tensor:
@@ -37,7 +22,7 @@ def test_resnames_follow_openfold_restypes():
 
 
 def test_reconstruction_reproduces_real_backbone(villin_backbone):
-    aatype, true = villin_backbone
+    aatype, true = villin_backbone.aatype, villin_backbone.atoms
     err = (_rebuild(true, aatype) - true).norm(dim=-1)  # [N, 4]
     rms = err.pow(2).mean(0).sqrt()
     assert err[:, 1].max() < 1e-9  # CA is the frame origin
@@ -50,7 +35,7 @@ def test_reconstruction_reproduces_real_backbone(villin_backbone):
 
 
 def test_peptide_geometry_of_reconstruction(villin_backbone):
-    aatype, true = villin_backbone
+    aatype, true = villin_backbone.aatype, villin_backbone.atoms
     x = _rebuild(true, aatype)
     c_n = (x[:-1, 2] - x[1:, 0]).norm(dim=-1)
     n_ca = (x[:, 0] - x[:, 1]).norm(dim=-1)
@@ -61,7 +46,7 @@ def test_peptide_geometry_of_reconstruction(villin_backbone):
 
 
 def test_reconstruction_is_se3_equivariant(villin_backbone):
-    aatype, true = villin_backbone
+    aatype, true = villin_backbone.aatype, villin_backbone.atoms
     g = torch.Generator().manual_seed(0)
     r = random_rotation((), generator=g, dtype=torch.float64)
     t = torch.randn(3, generator=g, dtype=torch.float64) * 10
@@ -70,7 +55,7 @@ def test_reconstruction_is_se3_equivariant(villin_backbone):
 
 
 def test_topology_counts_names_and_bonds(villin_backbone):
-    aatype, _ = villin_backbone
+    aatype = villin_backbone.aatype
     top = backbone_topology(aatype.numpy(), residue_index=np.arange(42, 42 + len(aatype)))
     n = len(aatype)
     assert (top.n_chains, top.n_residues, top.n_atoms, top.n_bonds) == (1, n, 4 * n, 3 * n + n - 1)
@@ -83,7 +68,7 @@ def test_topology_counts_names_and_bonds(villin_backbone):
 
 
 def test_bad_aatype_is_rejected(villin_backbone):
-    aatype, true = villin_backbone
+    aatype, true = villin_backbone.aatype, villin_backbone.atoms
     frames = Rigid.from_3_points(true[:, 0], true[:, 1], true[:, 2])
     with pytest.raises(ValueError, match="aatype must be"):
         backbone_atoms(frames, aatype[:-1])

@@ -9,10 +9,10 @@ from pathlib import Path
 import h5py
 import mdtraj as md
 import numpy as np
-import openmm.app
 import pytest
 import torch
 
+from conftest import VILLIN
 from starmd.__main__ import main as starmd_main
 from starmd.features.offline import OfflineSettings
 from starmd.model.network import StarMD
@@ -47,7 +47,7 @@ def checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def wet_pdb(tmp_path_factory) -> Path:
     """The first N_RES residues of OpenMM's villin test structure with its crystal waters, plus a sodium ion."""
-    full = md.load(str(Path(openmm.app.__file__).parent / "data" / "test.pdb"))
+    full = md.load(str(VILLIN))
     keep = full.topology.select(f"(protein and resid 0 to {N_RES - 1}) or water")
     wet = full.atom_slice(keep)
     ion = md.Topology()

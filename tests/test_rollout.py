@@ -17,13 +17,12 @@ import h5py
 import jsonschema
 import mdtraj as md
 import numpy as np
-import openmm.app
 import pytest
 import torch
 import yaml
 from torch._subclasses.fake_tensor import FakeTensor
 
-from starmd.data.residues import protein_residues, sequence_to_aatype
+from starmd.data.residues import sequence_to_aatype
 from starmd.diffusion import SE3Diffuser
 from starmd.evaluation.inputs import load_rollout
 from starmd.features.io import write_features
@@ -45,7 +44,6 @@ MODEL = dict(c_s=16, c_z=8, n_blocks=2, n_heads=2, c_hidden=4, no_heads_ipa=2, c
 DIFFUSION = {"so3": {"num_sigma": 64, "num_omega": 256}}
 TRAIN_WINDOW = 2  # training.num_frames of the test checkpoint
 DT_PS = 10.0  # stored frame spacing of the test frames file; strides [1, 4] -> trained Delta-t 10..40 ps
-VILLIN = Path(openmm.app.__file__).parent / "data" / "test.pdb"
 
 
 def _randomise(model: torch.nn.Module, seed: int, std: float = 0.3) -> None:
@@ -64,15 +62,13 @@ def _tiny_model(dtype=torch.float64) -> StarMD:
 
 
 @pytest.fixture(scope="module")
-def villin_frames() -> tuple[str, Rigid, np.ndarray]:
+def villin_frames(villin_backbone) -> tuple[str, Rigid, np.ndarray]:
     """(sequence, Rigid [T=3, N] of three perturbed copies, residue_index) from the first N_RES villin residues."""
-    traj = md.load(VILLIN)
-    traj = traj.atom_slice(traj.top.select(f"protein and resid 0 to {N_RES - 1}"))
-    seq, resseq, bb = protein_residues(traj.top, str(VILLIN))
-    xyz = torch.tensor(traj.xyz[0] * 10, dtype=torch.float64)
-    frames = Rigid.from_3_points(xyz[bb[:, 0]], xyz[bb[:, 1]], xyz[bb[:, 2]])
+    atoms = villin_backbone.atoms[:N_RES]
+    frames = Rigid.from_3_points(atoms[:, 0], atoms[:, 1], atoms[:, 2])
     shifts = torch.tensor([0.0, 0.3, -0.3], dtype=torch.float64)[:, None, None]  # three "MD frames"
-    return seq, Rigid(frames.rots.expand(3, -1, -1, -1), frames.trans + shifts), resseq
+    return (villin_backbone.sequence[:N_RES], Rigid(frames.rots.expand(3, -1, -1, -1), frames.trans + shifts),
+            villin_backbone.residue_index[:N_RES])
 
 
 @pytest.fixture(scope="module")
